@@ -1,0 +1,58 @@
+"""Name -> factory registries for detectors and embedders, so a config picks a model by name."""
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+
+class ModelError(Exception):
+    """A model cannot be built: unknown name, bad option, missing or mismatched weights.
+
+    The message says what to do; the CLI prints it as one line and exits 2.
+    """
+
+
+class Registry:
+    """Factories of one kind of model, filled by the `register` decorator of the listed modules.
+
+    The modules are imported on first use so that a process which never builds a model
+    (capture, sink) never pays for importing torch.
+    """
+
+    def __init__(self, kind: str, modules: tuple[str, ...]):
+        self.kind = kind
+        self._modules = modules
+        self._factories: dict[str, Callable] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[Callable], Callable]:
+        def deco(factory: Callable) -> Callable:
+            if name in self._factories:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._factories[name] = factory
+            return factory
+        return deco
+
+    def _load(self) -> None:
+        if not self._loaded:
+            for module in self._modules:
+                importlib.import_module(module)
+            self._loaded = True
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._factories)
+
+    def create(self, name: str, **kwargs):
+        """Build model `name`; kwargs are the factory's options (weights, device, ...)."""
+        self._load()
+        if name not in self._factories:
+            raise ModelError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        try:
+            return self._factories[name](**kwargs)
+        except TypeError as exc:  # an option the factory does not take
+            raise ModelError(f"{self.kind} {name!r}: {exc}") from None
+
+
+DETECTORS = Registry("detector", ("models.ssd_mobilenet", "models.diffusiondet"))
+EMBEDDERS = Registry("embedder", ("models.efficientnet_lite", "models.student"))
