@@ -123,8 +123,9 @@ class DiffusionDet(nn.Module):
     def from_checkpoint(cls, path, arch: str = "r50", **overrides) -> "DiffusionDet":
         """Build `arch` ("r50", "r101", "test") and load an upstream checkpoint strictly.
         overrides: num_proposals, sampling_steps, min_size, max_size, device, precision, score_threshold, seed."""
+        state = read_state_dict(path)  # before building, so a bad path fails fast
         model = cls.build(arch, **overrides)
-        load_upstream_state_dict(model, read_state_dict(path), source=str(path))
+        load_upstream_state_dict(model, state, source=str(path))
         return model.to(model.device).prepare()
 
     @classmethod
@@ -142,8 +143,12 @@ class DiffusionDet(nn.Module):
         return model
 
     def prepare(self) -> "DiffusionDet":
-        """Move to the device in channels-last layout (faster convs on CPU, oneDNN) for inference."""
-        return self.to(self.device, memory_format=torch.channels_last).eval()
+        """Move to the device in channels-last layout (faster convs on CPU, oneDNN) with the frozen norms
+        folded into the convs, for inference."""
+        self.to(self.device, memory_format=torch.channels_last).eval()
+        with torch.no_grad():
+            self.backbone.fold_norms()
+        return self
 
     # ---- preprocessing -------------------------------------------------------------------------
     def preprocess(self, frame: np.ndarray) -> torch.Tensor:
@@ -183,7 +188,8 @@ class DiffusionDet(nn.Module):
                 batch = torch.stack([images[i] for i in idx])                                  # (B, 3, h, w)
                 ph, pw = (-h) % ResNetFPN.size_divisibility, (-w) % ResNetFPN.size_divisibility
                 batch = F.pad(batch, (0, pw, 0, ph)).to(self.device, memory_format=torch.channels_last)
-                feats = [f.contiguous() for f in self.backbone(batch)]   # roi_align wants NCHW
+                # roi_align wants NCHW fp32; convert once here rather than in every stage and step.
+                feats = [f.float().contiguous() for f in self.backbone(batch)]
                 outs = self.sample(feats, (h, w), noise[idx].to(self.device, torch.float32), [gens[i] for i in idx])
                 for i, (boxes, scores, labels) in zip(idx, outs):
                     results[i] = self.postprocess(boxes, scores, labels, (h, w), frames[i].shape[:2])

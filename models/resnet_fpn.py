@@ -43,8 +43,18 @@ class ConvNorm(nn.Conv2d):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1):
         super().__init__(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
         self.norm = FrozenBatchNorm2d(c_out)
+        self.folded: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def fold(self) -> None:
+        """Fold the frozen norm into the conv for inference (one conv with bias instead of conv, mul, add).
+        The state dict keeps the unfolded weights; call again after loading new ones."""
+        scale = self.norm.weight * (self.norm.running_var + self.norm.eps).rsqrt()  # (C,)
+        shift = self.norm.bias - self.norm.running_mean * scale                      # (C,)
+        self.folded = (self.weight * scale.view(-1, 1, 1, 1), shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.folded is not None:
+            return self._conv_forward(x, *self.folded)
         return self.norm(super().forward(x))
 
 
@@ -54,7 +64,7 @@ class BasicStem(nn.Module):
         self.conv1 = ConvNorm(3, c_out, 7, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(x))                                 # (B, C, H/2, W/2)
+        x = F.relu_(self.conv1(x))                                # (B, C, H/2, W/2)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # (B, C, H/4, W/4)
 
 
@@ -71,9 +81,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = self.shortcut(x) if hasattr(self, "shortcut") else x
-        out = F.relu(self.conv1(x))
-        out = F.relu(self.conv2(out))
-        return F.relu(self.conv3(out) + shortcut)
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(out))
+        return F.relu_(self.conv3(out).add_(shortcut))
 
 
 class ResNet(nn.Module):
@@ -115,6 +125,11 @@ class ResNetFPN(nn.Module):
         for level, c_in in zip((2, 3, 4, 5), self.bottom_up.out_channels):
             self.add_module(f"fpn_lateral{level}", nn.Conv2d(c_in, cfg.fpn_channels, 1))
             self.add_module(f"fpn_output{level}", nn.Conv2d(cfg.fpn_channels, cfg.fpn_channels, 3, padding=1))
+
+    def fold_norms(self) -> None:
+        for m in self.modules():
+            if isinstance(m, ConvNorm):
+                m.fold()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         res = self.bottom_up(x)
