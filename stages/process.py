@@ -1,0 +1,78 @@
+"""What every stage process shares: its sockets by endpoint name, its events, signals and parent death."""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+import zmq
+
+from stages.config import Settings
+from stream.events import event
+from stream.sockets import open_socket, send
+
+_PR_SET_PDEATHSIG = 1
+_EVENTS_HWM = 1000  # events are small; a stage should not stall on the log
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM when the supervisor dies, so no stage is orphaned."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def limit_threads(threads: int) -> None:
+    """Stages share the machine's cores; a model stage uses `threads` of them (0 = library default)."""
+    if threads:
+        import cv2
+        import torch
+        cv2.setNumThreads(threads)
+        torch.set_num_threads(threads)
+
+
+class StageProcess:
+    """Owns the ZeroMQ context and sockets of one stage, and its link to the sink's event log.
+
+    SIGINT only sets `stop_requested`: capture ends the stream when it sees it, and every other
+    stage keeps draining until the end-of-stream message reaches it. SIGTERM ends the process.
+    """
+
+    def __init__(self, name: str, settings: Settings):
+        self.name, self.settings = name, settings
+        self.log = logging.getLogger(f"owd.{name}")
+        self.stop_requested = False
+        signal.signal(signal.SIGINT, self._on_sigint)
+        self.ctx = zmq.Context()
+        self._sockets: list[zmq.Socket] = []
+        # Every stage pushes its events to the sink, which binds the other end and writes the log.
+        if name == "sink":
+            self.events_in = self.socket(zmq.PULL, "events", bind=True, hwm=_EVENTS_HWM)
+        else:
+            self.events = self.socket(zmq.PUSH, "events", bind=False, hwm=_EVENTS_HWM)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def socket(self, kind: int, endpoint: str, *, bind: bool, hwm: int | None = None) -> zmq.Socket:
+        transport = self.settings.transport
+        sock = open_socket(self.ctx, kind, transport.endpoints[endpoint], bind=bind,
+                           hwm=transport.hwm if hwm is None else hwm)
+        self._sockets.append(sock)
+        return sock
+
+    def emit(self, type_: str, **fields) -> None:
+        send(self.events, event(type_, stage=self.name, **fields))
+
+    def started(self, **fields) -> None:
+        self.emit("stage_started", pid=os.getpid(), **fields)
+        self.log.info("started (pid %d)", os.getpid())
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self.ctx.term()

@@ -1,0 +1,58 @@
+"""ZeroMQ plumbing for stages: sockets with explicit high-water marks and linger, checked send and receive."""
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from stream.wire import WireError, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+def open_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool, hwm: int = 16,
+                linger_ms: int = 2000) -> zmq.Socket:
+    """A socket bound or connected to `endpoint` (ipc://path or tcp://host:port).
+
+    hwm bounds the queue on each side: a full PUSH blocks, which is the backpressure of file mode.
+    linger lets queued messages (the end-of-stream above all) leave before close.
+    """
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    if kind == zmq.SUB:
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    try:
+        sock.bind(endpoint) if bind else sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise OSError(f"cannot {'bind' if bind else 'connect'} {endpoint}: {exc}") from None
+    return sock
+
+
+def send(sock: zmq.Socket, msg, flags: int = 0) -> None:
+    sock.send_multipart(encode(msg), flags=flags, copy=False)
+
+
+class Inbox:
+    """Receives decoded messages from one socket; malformed ones are logged, counted and skipped."""
+
+    def __init__(self, sock: zmq.Socket, name: str, accepts: tuple[type, ...]):
+        self.sock, self.name, self.accepts = sock, name, accepts
+        self.rejected = 0
+
+    def recv(self, timeout_ms: int | None = None):
+        """The next valid message, or None if nothing valid arrived within timeout_ms (None = wait)."""
+        if timeout_ms is not None and not self.sock.poll(timeout_ms):
+            return None
+        frames = self.sock.recv_multipart(copy=False)
+        try:
+            msg = decode(frames)
+            if not isinstance(msg, self.accepts):
+                raise WireError(f"unexpected {type(msg).__name__} on this socket")
+            return msg
+        except WireError as exc:
+            self.rejected += 1
+            log.warning("%s: rejected message #%d: %s", self.name, self.rejected, exc)
+            return None
