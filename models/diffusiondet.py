@@ -77,7 +77,7 @@ def resized_shape(h: int, w: int, min_size: int, max_size: int) -> tuple[int, in
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
-def noise_generator(noise: torch.Tensor) -> torch.Tensor:
+def noise_generator(noise: torch.Tensor) -> torch.Generator:
     """A generator seeded from one image's initial noise (P, 4), so the later draws (DDIM noise, renewed
     boxes) are replayable and independent of the batch the image is in."""
     digest = hashlib.sha256(noise.detach().float().cpu().contiguous().numpy().tobytes()).digest()
@@ -126,7 +126,7 @@ class DiffusionDet(nn.Module):
         state = read_state_dict(path)  # before building, so a bad path fails fast
         model = cls.build(arch, **overrides)
         load_upstream_state_dict(model, state, source=str(path))
-        return model.to(model.device).prepare()
+        return model.prepare()
 
     @classmethod
     def build(cls, arch: str, **overrides) -> "DiffusionDet":
@@ -258,6 +258,10 @@ class DiffusionDet(nn.Module):
 
 
 def _create(arch: str, weights: str | None, **kw) -> DiffusionDet:
+    """weights: a checkpoint path; None for the cached/downloaded official file; "random" for random weights
+    (benchmarks, offline smoke runs)."""
+    if weights == "random":
+        return DiffusionDet.build(arch, **kw).prepare()
     if weights is None:
         weights = fetch_checkpoint(arch)
     return DiffusionDet.from_checkpoint(weights, arch=arch, **kw)
@@ -280,7 +284,7 @@ def diffusiondet_r101(weights: str | None = None, device: str = "cpu", precision
 def test_diffusiondet(weights: str | None = None, device: str = "cpu", precision: str = "fp32",
                       score_threshold: float = 0.0, **options) -> DiffusionDet:
     """Tiny random-weight model for tests (same random weights every time); weights loads a tiny checkpoint."""
-    if weights is not None:
+    if weights not in (None, "random"):
         return _create("test", weights, device=device, precision=precision,
                        score_threshold=score_threshold, **options)
     with torch.random.fork_rng():

@@ -116,6 +116,20 @@ def test_noise_shape_is_checked():
         tiny().detect(frames((64, 64)), noise=torch.randn(1, 8, 4))
 
 
+def test_random_weights_option_builds_without_a_file():
+    model = DETECTORS.create("test_diffusiondet", weights="random", num_proposals=8, min_size=48)
+    assert model.cfg.num_proposals == 8 and len(model.detect(frames((50, 60)))) == 1
+
+
+def test_r101_is_r50_with_a_deeper_res4():
+    with torch.device("meta"):
+        r101 = set(DiffusionDet(ARCHS["r101"]).state_dict())
+    r50 = set(meta_r50().state_dict())
+    assert r50 < r101
+    assert {k.split(".")[3] for k in r101 - r50} == {str(i) for i in range(6, 23)}
+    assert all(k.startswith("backbone.bottom_up.res4.") for k in r101 - r50)
+
+
 def test_unknown_option_is_a_model_error():
     with pytest.raises(ModelError, match="bogus"):
         DETECTORS.create("test_diffusiondet", bogus=1)
