@@ -40,7 +40,7 @@ class DinoConfig:
     clip_grad: float = 3.0           # per-parameter gradient norm bound, as DINO clips; 0 = off
     freeze_last_layer_steps: int = 0
     drop_path_rate: float = 0.1
-    precision: str = "auto"          # bf16 autocast for the forward passes where the CPU has it
+    precision: str = "fp32"          # "auto"/"bf16": bf16 autocast forward; slower here without AMX (docs)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
