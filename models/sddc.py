@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ class Gate:
     sizes: np.ndarray      # (K,) int64, members each class was built from
     set_ids: np.ndarray    # (K,) int64
     set_size: int = 7
+    # Per class, a bounded sample of member embeddings (M_i, D) so a class can grow; empty when unknown.
+    members: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
     def empty(cls, dim: int = 0, set_size: int = 7) -> "Gate":
@@ -54,6 +56,20 @@ class Gate:
         last = int(self.set_ids.max())
         return last if np.count_nonzero(self.set_ids == last) < self.set_size else last + 1
 
+    def add_members(self, name: str, members: np.ndarray, alpha: float) -> None:
+        """A new class from its member embeddings (M, D), normalized."""
+        centroid, radius = centroid_and_radius(members, alpha)
+        self.add(name, centroid, radius, len(members))
+        self.members[-1] = members.astype(np.float32)
+
+    def grow(self, i: int, members: np.ndarray, alpha: float, keep: int) -> None:
+        """Class i absorbs more members; centroid and radius are recomputed from the newest `keep`."""
+        pool = np.vstack([self.members[i], members])[-keep:] if len(self.members[i]) else members[-keep:]
+        centroid, radius = centroid_and_radius(pool, alpha)
+        self.centroids[i], self.radii[i] = centroid, radius
+        self.sizes[i] += len(members)
+        self.members[i] = pool.astype(np.float32)
+
     def add(self, name: str, centroid: np.ndarray, radius: float, size: int) -> None:
         if name in self.names:
             raise ValueError(f"class {name!r} exists already")
@@ -65,6 +81,7 @@ class Gate:
         self.radii = np.append(self.radii, np.float32(radius)).astype(np.float32)
         self.sizes = np.append(self.sizes, size).astype(np.int64)
         self.set_ids = np.append(self.set_ids, set_id).astype(np.int64)
+        self.members.append(np.zeros((0, centroid.shape[0]), np.float32))
 
     def classify(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """embeddings: (N, D) normalized -> (class index (N,) int64, -1 = unseen; distance (N,) float32
@@ -96,9 +113,10 @@ def save_gate(gate: Gate, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
+        members = {f"members_{i}": m.astype(np.float16) for i, m in enumerate(gate.members)}
         np.savez(f, format=np.int64(MEMORY_FORMAT), names=np.array(gate.names, dtype=np.str_),
                  centroids=gate.centroids, radii=gate.radii, sizes=gate.sizes, set_ids=gate.set_ids,
-                 set_size=np.int64(gate.set_size))
+                 set_size=np.int64(gate.set_size), **members)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -113,6 +131,8 @@ def load_gate(path: str | Path) -> Gate:
             gate = Gate([str(n) for n in z["names"]], z["centroids"].astype(np.float32),
                         z["radii"].astype(np.float32), z["sizes"].astype(np.int64),
                         z["set_ids"].astype(np.int64), int(z["set_size"]))
+            gate.members = [z[f"members_{i}"].astype(np.float32) if f"members_{i}" in z.files
+                            else np.zeros((0, gate.centroids.shape[1]), np.float32) for i in range(len(gate.names))]
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"class memory {path} is not readable: {exc}") from None
     k = len(gate.names)

@@ -39,24 +39,32 @@ class UnseenBuffer:
         return len(self.embeddings)
 
 
-def discover(gate: Gate, buffer: UnseenBuffer, s: ClusterSettings, alpha: float) -> list[str]:
-    """Adds a class to `gate` for every dense group in the buffer and removes the rows that now
-    belong to a class (old or new) from the buffer. Returns the new class names."""
+def discover(gate: Gate, buffer: UnseenBuffer, s: ClusterSettings, alpha: float) -> tuple[list[str], list[str]]:
+    """Clusters the buffer; each dense group either grows the class whose centroid it sits on (its
+    centroid within that class's radius, or the class centroid within the group's) or becomes a new
+    class. Rows that then belong to a class leave the buffer. Returns (new names, grown names)."""
     if len(buffer) == 0:
-        return []
+        return [], []
     buffer.keep(gate.classify(buffer.embeddings)[0] < 0)  # rows a class discovered since now covers
     keep = deduplicate(buffer.embeddings, s.dedup_similarity)
     labels = knn_clusters(buffer.embeddings[keep], s.k, s.min_similarity, s.min_size, buffer.tracks[keep])
-    names = []
+    new, grown = [], []
     for c in range(labels.max(initial=-1) + 1):
         members = buffer.embeddings[keep[labels == c]]
         centroid, radius = centroid_and_radius(members, alpha)
+        if len(gate):
+            d = np.linalg.norm(gate.centroids - centroid, axis=1)
+            i = int(np.argmin(d))
+            if d[i] <= max(gate.radii[i], radius):
+                gate.grow(i, members, alpha, s.max_members)
+                grown.append(gate.names[i])
+                continue
         name = _next_name(gate)
-        gate.add(name, centroid, radius, len(members))
-        names.append(name)
-    if names:
+        gate.add_members(name, members[-s.max_members:], alpha)
+        new.append(name)
+    if new or grown:
         buffer.keep(gate.classify(buffer.embeddings)[0] < 0)
-    return names
+    return new, sorted(set(grown))
 
 
 def _next_name(gate: Gate) -> str:
@@ -79,15 +87,16 @@ def run(stage: StageProcess) -> int:
 
     def cluster_now() -> None:
         nonlocal version, new_rows, last_run
-        found = discover(gate, buffer, s, g.alpha)
+        new, grown = discover(gate, buffer, s, g.alpha)
         new_rows, last_run = 0, time.monotonic()
-        if found:
+        if new or grown:
             version += 1
             send(publish, snapshot(gate, version))
-            for name in found:
-                i = gate.names.index(name)
-                stage.emit("class_discovered", **{"class": name}, size=int(gate.sizes[i]),
-                           radius=float(gate.radii[i]), set=int(gate.set_ids[i]), buffered=len(buffer))
+            for type_, names in (("class_discovered", new), ("class_updated", grown)):
+                for name in names:
+                    i = gate.names.index(name)
+                    stage.emit(type_, **{"class": name}, size=int(gate.sizes[i]), radius=float(gate.radii[i]),
+                               set=int(gate.set_ids[i]), buffered=len(buffer))
             if g.memory:
                 save_gate(gate, g.memory)
 

@@ -64,6 +64,7 @@ class ClusterSettings:
     min_similarity: float = 0.8  # cosine similarity for a kNN edge
     dedup_similarity: float = 0.97  # near-identical embeddings count once
     min_size: int = 8            # members (after de-duplication) for a new class
+    max_members: int = 256       # member embeddings kept per class to recompute centroid and radius
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Se
 def build(cls, data: Any, prefix: str):
     """Instantiate dataclass cls from a mapping, checking every key and value type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"config key {prefix or '<top>'!r} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<top>'!r} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

@@ -11,11 +11,13 @@ log = logging.getLogger(__name__)
 
 
 def open_socket(ctx: zmq.Context, kind: int, endpoint: str, *, bind: bool, hwm: int = 16,
-                linger_ms: int = 2000) -> zmq.Socket:
+                linger_ms: int = -1) -> zmq.Socket:
     """A socket bound or connected to `endpoint` (ipc://path or tcp://host:port).
 
     hwm bounds the queue on each side: a full PUSH blocks, which is the backpressure of file mode.
-    linger lets queued messages (the end-of-stream above all) leave before close.
+    linger -1 (the default) delivers everything queued, the end-of-stream above all, before the
+    context closes: a finite linger silently dropped the last frames of a slow run. When the peer
+    is gone for good, the supervisor's shutdown timeout ends the wait.
     """
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.SNDHWM, hwm)

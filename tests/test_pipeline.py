@@ -1,0 +1,103 @@
+"""The whole multi-process pipeline on a real clip: one frame record per frame, six processes, nothing left behind."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import cv2
+import jsonschema
+import pytest
+
+from conftest import ROOT
+from stream.events import SCHEMA_PATH
+
+STAGES = {"capture", "detect", "embed", "gate", "cluster", "sink"}
+
+
+def owd_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "owd-*")))
+
+
+def records(path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stage_pids(recs: list[dict]) -> dict[str, int]:
+    return {r["stage"]: r["pid"] for r in recs if r["type"] == "stage_started"}
+
+
+def assert_nothing_left(recs: list[dict], before: set[str]) -> None:
+    pids = stage_pids(recs)
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [s for s, p in pids.items() if alive(p)], "stage processes outlived the supervisor"
+    assert owd_dirs() <= before, "ipc folder left behind"
+
+
+def test_pipeline_end_to_end_on_a_real_clip(bikes_video, tmp_path):
+    before = owd_dirs()
+    events, video = tmp_path / "ev.jsonl", tmp_path / "out.avi"
+    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
+           "--events", str(events), "--save", str(video), "--max-frames", "40",
+           "--set", "cluster.min_size=4", "--set", "cluster.period_s=0.5"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-2000:]
+    recs = records(events)
+
+    frames = [r["frame"] for r in recs if r["type"] == "frame"]
+    assert sorted(frames) == list(range(40)) and len(frames) == len(set(frames))
+    pids = stage_pids(recs)
+    assert set(pids) == STAGES
+    assert len(set(pids.values())) == 6 and proc.pid not in pids.values()  # each stage its own process
+
+    detections = [r for r in recs if r["type"] == "detection"]
+    assert detections and {"person", "bicycle"} & {r["det_label"] for r in detections}
+    schema = json.loads(SCHEMA_PATH.read_text())
+    for rec in recs:
+        jsonschema.validate(rec, schema)
+    stopped = {r["stage"]: r for r in recs if r["type"] == "stage_stopped"}
+    assert stopped["capture"]["frames"] == 40 and stopped["sink"]["frames"] == 40
+
+    cap = cv2.VideoCapture(str(video))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 40
+    cap.release()
+    assert_nothing_left(recs, before)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_drains_and_shuts_down_cleanly(bikes_video, tmp_path, sig):
+    before = owd_dirs()
+    events = tmp_path / "ev.jsonl"
+    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
+           "--events", str(events)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if events.exists() and sum(1 for r in records(events) if r["type"] == "frame") >= 5:
+            break
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 130
+    recs = records(events)
+    frames = sorted(r["frame"] for r in recs if r["type"] == "frame")
+    assert 5 <= len(frames) < 250 and frames == list(range(len(frames)))  # stopped early, nothing lost
+    capture = next(r for r in recs if r["type"] == "stage_stopped" and r["stage"] == "capture")
+    assert capture["reason"] == "stopped" and capture["frames"] == len(frames)
+    assert_nothing_left(recs, before)

@@ -1,0 +1,85 @@
+"""A real stage process (the gate): malformed input is counted and skipped, class updates apply live."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from conftest import ROOT, frame_fields
+from stages.config import ENDPOINT_NAMES, Settings, TransportSettings
+from stream.messages import ClassUpdate, EndOfStream, Event, FrameEmbeddings, LabeledFrame
+from stream.sockets import Inbox, open_socket, send
+
+DIM = 8
+
+
+@pytest.fixture
+def gate_process(tmp_path):
+    """Starts `python -m stages gate`; the test holds the other end of every socket."""
+    endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ENDPOINT_NAMES}
+    settings = Settings(transport=TransportSettings(endpoints=endpoints))
+    ctx = zmq.Context()
+    socks = {
+        "embeddings": open_socket(ctx, zmq.PUSH, endpoints["embeddings"], bind=True, linger_ms=0),
+        "classes": open_socket(ctx, zmq.PUB, endpoints["classes"], bind=True, linger_ms=0),
+        "labeled": open_socket(ctx, zmq.PULL, endpoints["labeled"], bind=True, linger_ms=0),
+        "unseen": open_socket(ctx, zmq.PULL, endpoints["unseen"], bind=True, linger_ms=0),
+        "events": open_socket(ctx, zmq.PULL, endpoints["events"], bind=True, linger_ms=0),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "stages", "gate"], stdin=subprocess.PIPE, cwd=ROOT)
+    proc.stdin.write(settings.to_json().encode())
+    proc.stdin.close()
+    events = Inbox(socks["events"], "events", (Event,))
+    started = events.recv(20000)
+    assert started is not None and started.record["type"] == "stage_started" and started.record["pid"] == proc.pid
+    yield proc, socks, events
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for sock in socks.values():
+        sock.close()
+    ctx.term()
+
+
+def embeddings_msg(index: int, vectors: np.ndarray) -> FrameEmbeddings:
+    n = len(vectors)
+    return FrameEmbeddings(**frame_fields(index), xyxy=np.tile(np.float32([1, 2, 20, 30]), (n, 1)),
+                           scores=np.full(n, 0.9, np.float32), det_labels=("person",) * n,
+                           embeddings=vectors.astype(np.float32))
+
+
+def test_gate_rejects_bad_messages_applies_updates_and_forwards_end(gate_process):
+    proc, socks, events = gate_process
+    labeled = Inbox(socks["labeled"], "labeled", (LabeledFrame, EndOfStream))
+    centroid = np.eye(DIM, dtype=np.float32)[0]
+    update = ClassUpdate(1, ("novel-1",), centroid[None], np.float32([0.2]), np.int64([9]), np.int64([0]))
+    vectors = np.stack([centroid, np.eye(DIM, dtype=np.float32)[1]])  # one inside the class, one far away
+
+    socks["embeddings"].send_multipart([b"{broken json"])
+    socks["embeddings"].send_multipart([b'{"v": 999, "type": "Frame", "fields": {}, "arrays": []}'])
+    send(socks["embeddings"], embeddings_msg(0, vectors))
+    first = labeled.recv(10000)
+    assert first.labels == ("unseen", "unseen")  # no class yet
+    assert socks["unseen"].poll(5000)
+
+    # PUB/SUB drops messages until the subscription is through: publish until the gate applies it.
+    for attempt in range(50):
+        send(socks["classes"], update)
+        time.sleep(0.1)
+        send(socks["embeddings"], embeddings_msg(attempt + 1, vectors))
+        msg = labeled.recv(10000)
+        if msg.labels[0] == "novel-1":
+            break
+    assert msg.labels == ("novel-1", "unseen") and msg.seen.tolist() == [True, False]
+    assert msg.distance[0] == pytest.approx(0.0, abs=1e-6)
+
+    send(socks["embeddings"], EndOfStream("test", 3))
+    while not isinstance(msg, EndOfStream):
+        msg = labeled.recv(10000)
+    assert proc.wait(timeout=20) == 0
+    stopped = events.recv(2000)
+    assert stopped.record["type"] == "stage_stopped" and stopped.record["rejected"] == 2

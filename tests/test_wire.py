@@ -1,0 +1,135 @@
+"""Wire format: every message type round-trips (empty case included); bad input is rejected, not fatal."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zmq
+
+from conftest import frame_fields
+from stream.messages import (ClassUpdate, EndOfStream, Event, Frame, FrameDetections, FrameEmbeddings,
+                             LabeledFrame, UnseenBatch)
+from stream.sockets import Inbox, open_socket, send
+from stream.wire import PROTOCOL, WireError, decode, encode
+
+
+def boxes(n: int) -> dict:
+    rng = np.random.default_rng(n)
+    return {"xyxy": rng.random((n, 4), dtype=np.float32) * 40, "scores": rng.random(n, dtype=np.float32),
+            "det_labels": tuple(f"c{i}" for i in range(n))}
+
+
+def labeled(n: int) -> LabeledFrame:
+    return LabeledFrame(**frame_fields(3), **boxes(n), labels=tuple("novel-1" for _ in range(n)),
+                        seen=np.arange(n) % 2 == 0, distance=np.linspace(0, 1, n, dtype=np.float32),
+                        track=np.arange(n, dtype=np.int64))
+
+
+CASES = {
+    "frame": Frame(**frame_fields(1)),
+    "detections": FrameDetections(**frame_fields(2), **boxes(3)),
+    "detections-empty": FrameDetections(**frame_fields(2), **boxes(0)),
+    "embeddings": FrameEmbeddings(**frame_fields(2), **boxes(2), embeddings=np.ones((2, 8), np.float32)),
+    "embeddings-empty": FrameEmbeddings(**frame_fields(2), **boxes(0), embeddings=np.zeros((0, 8), np.float32)),
+    "labeled": labeled(4),
+    "labeled-empty": labeled(0),
+    "unseen": UnseenBatch("s", 5, np.ones((3, 8), np.float32), np.array([1, -1, 2])),
+    "unseen-empty": UnseenBatch("s", 5, np.zeros((0, 8), np.float32), np.zeros(0, np.int64)),
+    "classes": ClassUpdate(2, ("novel-1", "novel-2"), np.eye(2, 8, dtype=np.float32), np.array([0.1, 0.2], np.float32),
+                           np.array([9, 12]), np.array([0, 0])),
+    "classes-empty": ClassUpdate(0, (), np.zeros((0, 8), np.float32), np.zeros(0, np.float32),
+                                 np.zeros(0, np.int64), np.zeros(0, np.int64)),
+    "event": Event({"type": "frame_dropped", "ts": 1.5, "frames": [3, 4], "count": 2}),
+    "eos": EndOfStream("s", 795, "end"),
+}
+
+
+def assert_same(a, b) -> None:
+    assert type(a) is type(b)
+    for name, value in vars(a).items():
+        other = getattr(b, name)
+        if isinstance(value, np.ndarray):
+            assert other.dtype == value.dtype and other.shape == value.shape, name
+            np.testing.assert_array_equal(other, value, err_msg=name)
+        else:
+            assert other == value, name
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_round_trip(name):
+    msg = CASES[name]
+    frames = encode(msg)
+    assert_same(decode([bytes(memoryview(f)) for f in frames]), msg)
+
+
+def test_header_is_versioned_json_with_array_specs():
+    header = json.loads(encode(CASES["detections"])[0])
+    assert header["v"] == PROTOCOL and header["type"] == "FrameDetections"
+    assert header["fields"]["index"] == 2 and header["fields"]["det_labels"] == ["c0", "c1", "c2"]
+    assert {"name": "xyxy", "dtype": "float32", "shape": [3, 4]} in header["arrays"]
+
+
+def _header(**changes) -> list:
+    frames = encode(CASES["unseen"])
+    header = json.loads(frames[0])
+    header.update(changes)
+    return [json.dumps(header).encode()] + [bytes(memoryview(f)) for f in frames[1:]]
+
+
+BAD = {
+    "empty": [],
+    "not json": [b"\x80garbage"],
+    "json list": [b"[1, 2]"],
+    "wrong version": _header(v=PROTOCOL + 1),
+    "unknown type": _header(type="Pickled"),
+    "object dtype": _header(arrays=[{"name": "embeddings", "dtype": "object", "shape": [3, 8]},
+                                    {"name": "track", "dtype": "int64", "shape": [3]}]),
+    "short buffer": _header(arrays=[{"name": "embeddings", "dtype": "float32", "shape": [4, 8]},
+                                    {"name": "track", "dtype": "int64", "shape": [3]}]),
+    "missing buffer": _header()[:-1],
+    "missing field": _header(fields={"source": "s"}),
+    "unknown field": _header(arrays=[{"name": "embeddings", "dtype": "float32", "shape": [3, 8]},
+                                        {"name": "track", "dtype": "int64", "shape": [3]}],
+                                fields={"source": "s", "index": 1, "extra": 2}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_messages_raise_wire_error(name):
+    with pytest.raises(WireError):
+        decode(BAD[name])
+
+
+def test_inbox_counts_rejects_and_keeps_receiving(tmp_path):
+    ctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/in"
+    pull = open_socket(ctx, zmq.PULL, endpoint, bind=True, linger_ms=0)
+    push = open_socket(ctx, zmq.PUSH, endpoint, bind=False, linger_ms=0)
+    inbox = Inbox(pull, "test", (UnseenBatch, EndOfStream))
+    try:
+        push.send_multipart([b"not json"])
+        push.send_multipart(_header(v=99))
+        send(push, CASES["event"])  # valid, but not a type this socket takes
+        send(push, CASES["unseen"])
+        got = [inbox.recv(2000) for _ in range(4)]
+        assert got[:3] == [None, None, None] and inbox.rejected == 3
+        assert_same(got[3], CASES["unseen"])
+    finally:
+        push.close()
+        pull.close()
+        ctx.term()
+
+
+def test_box_messages_select_by_mask():
+    msg = labeled(4)
+    picked = msg[msg.seen]
+    assert len(picked) == 2 and picked.labels == ("novel-1", "novel-1")
+    np.testing.assert_array_equal(picked.track, [0, 2])
+    assert picked.index == msg.index and picked.image is msg.image
+
+
+def test_box_columns_must_agree():
+    with pytest.raises(ValueError, match="rows"):
+        FrameDetections(**frame_fields(), xyxy=np.zeros((2, 4), np.float32), scores=np.zeros(3, np.float32),
+                        det_labels=("a", "b"))
