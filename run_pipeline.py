@@ -82,7 +82,7 @@ def check(settings: Settings) -> None:
     if not is_live(source) and not Path(source).exists():
         raise ConfigError(f"source {source!r} does not exist")
     for key, path in (("detect.weights", settings.detect.weights), ("embed.weights", settings.embed.weights)):
-        if path and not Path(path).exists():
+        if path and path != "random" and not Path(path).exists():  # "random": untrained weights (benchmarks)
             raise ConfigError(f"{key}: weights file {path} does not exist")
     # Model names are checked by the model stages themselves, so this process never imports torch.
 

@@ -34,9 +34,9 @@ class Display:
     def __init__(self, window: str | None, save: str | None):
         self.window, self.save = window, save
         self.writer = None
-        self.closed = False
+        self.closed = self.shown = False
         if window:
-            cv2.namedWindow(window, cv2.WINDOW_NORMAL)
+            cv2.namedWindow(window, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
 
     @property
     def active(self) -> bool:
@@ -51,6 +51,9 @@ class Display:
                     raise OSError(f"cannot write video {self.save}")
             self.writer.write(image)
         if self.window:
+            if not self.shown:
+                cv2.resizeWindow(self.window, image.shape[1], image.shape[0])
+                self.shown = True
             cv2.imshow(self.window, image)
             if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                 self.closed = True
