@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 
 import cv2
 import zmq
@@ -78,7 +79,8 @@ def run(stage: StageProcess) -> int:
     poller = zmq.Poller()
     poller.register(frames_in.sock, zmq.POLLIN)
     poller.register(events_in.sock, zmq.POLLIN)
-    frames, dropped, classes, source_fps, fps, last = 0, 0, 0, 0.0, 0.0, None
+    frames, dropped, classes, source_fps, fps = 0, 0, 0, 0.0, 0.0
+    recent: deque[float] = deque()  # arrival times of the last 2 s of frames
     frames_done = events_done = False
     try:
         while not (frames_done and events_done) and not display.closed:
@@ -102,9 +104,11 @@ def run(stage: StageProcess) -> int:
                     now = time.time()
                     for rec in records(msg, now):
                         log.write(rec)
-                    if last is not None:  # exponential moving average of the processing rate
-                        fps = 0.9 * fps + 0.1 / max(now - last, 1e-6) if fps else 1.0 / max(now - last, 1e-6)
-                    last, frames = now, frames + 1
+                    recent.append(now)  # frames arrive in batches: rate over a window, not per interval
+                    while now - recent[0] > 2.0:
+                        recent.popleft()
+                    fps = (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6) if len(recent) > 1 else 0.0
+                    frames += 1
                     if display.active:
                         hud = [f"{fps:5.1f} fps  frame {msg.index}", f"dropped {dropped}  rejected "
                                f"{frames_in.rejected + events_in.rejected}", f"classes found {classes}"]
