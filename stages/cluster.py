@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import cv2
 import numpy as np
 import zmq
 
@@ -18,39 +20,71 @@ from stream.sockets import Inbox, send
 
 @dataclass
 class UnseenBuffer:
-    """The newest `capacity` unseen embeddings with the track each came from."""
+    """The newest `capacity` unseen embeddings, the track each came from and its thumbnail.
+
+    A track keeps at most `per_track` rows (0 = no limit), and a new row of a track joins only if it
+    differs from that track's kept rows (cosine below `similar`): one object crossing the scene is a
+    few representative views, not hundreds of frames."""
     capacity: int
+    per_track: int = 0
+    similar: float = 1.0
     embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (M, D)
     tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))            # (M,)
+    thumbs: np.ndarray | None = None                                                     # (M, T, T, 3) uint8
 
     def add(self, batch: UnseenBatch) -> None:
         if len(self.embeddings) == 0:
             self.embeddings = np.zeros((0, batch.embeddings.shape[1]), np.float32)
+            self.thumbs = None if batch.thumbs is None else batch.thumbs[:0]
         if batch.embeddings.shape[1] != self.embeddings.shape[1]:
             raise ValueError(f"unseen embeddings of dim {batch.embeddings.shape[1]}, buffer holds "
                              f"{self.embeddings.shape[1]}")
-        self.embeddings = np.vstack([self.embeddings, batch.embeddings])[-self.capacity:]
-        self.tracks = np.concatenate([self.tracks, batch.track])[-self.capacity:]
+        for i in range(len(batch)):
+            self._add_row(batch.embeddings[i], int(batch.track[i]), None if batch.thumbs is None else batch.thumbs[i])
+        overflow = len(self.embeddings) - self.capacity
+        if overflow > 0:
+            self.keep(np.arange(len(self.embeddings)) >= overflow)
+
+    def _add_row(self, x: np.ndarray, track: int, thumb: np.ndarray | None) -> None:
+        if track >= 0 and self.per_track:
+            mine = np.flatnonzero(self.tracks == track)
+            if len(mine) and float((self.embeddings[mine] @ x).max()) >= self.similar:
+                return  # a view of this track we already have
+            if len(mine) >= self.per_track:
+                self.keep(np.arange(len(self.embeddings)) != mine[0])  # replace the track's oldest view
+        self.embeddings = np.vstack([self.embeddings, x[None]])
+        self.tracks = np.append(self.tracks, track)
+        if self.thumbs is not None and thumb is not None:
+            self.thumbs = np.concatenate([self.thumbs, thumb[None]])
+        else:
+            self.thumbs = None
 
     def keep(self, mask: np.ndarray) -> None:
         self.embeddings, self.tracks = self.embeddings[mask], self.tracks[mask]
+        if self.thumbs is not None:
+            self.thumbs = self.thumbs[mask]
 
     def __len__(self) -> int:
         return len(self.embeddings)
 
 
-def discover(gate: Gate, buffer: UnseenBuffer, s: ClusterSettings, alpha: float) -> tuple[list[str], list[str]]:
-    """Clusters the buffer; each dense group either grows the class whose centroid it sits on (its
-    centroid within that class's radius, or the class centroid within the group's) or becomes a new
-    class. Rows that then belong to a class leave the buffer. Returns (new names, grown names)."""
+def discover(gate: Gate, buffer: UnseenBuffer, s: ClusterSettings, alpha: float,
+             examples: dict[str, np.ndarray] | None = None) -> tuple[list[str], list[str]]:
+    """Clusters the buffer; each dense group (members from at least `min_tracks` tracks) either grows
+    the class whose centroid it sits on (its centroid within that class's radius, or the class
+    centroid within the group's) or becomes a new class. Rows that then belong to a class leave the
+    buffer. Returns (new names, grown names); `examples`, if given, receives each such class's member
+    thumbnails."""
     if len(buffer) == 0:
         return [], []
     buffer.keep(gate.classify(buffer.embeddings)[0] < 0)  # rows a class discovered since now covers
     keep = deduplicate(buffer.embeddings, s.dedup_similarity)
-    labels = knn_clusters(buffer.embeddings[keep], s.k, s.min_similarity, s.min_size, buffer.tracks[keep])
+    labels = knn_clusters(buffer.embeddings[keep], s.k, s.min_similarity, s.min_size, buffer.tracks[keep],
+                          min_groups=s.min_tracks)
     new, grown = [], []
     for c in range(labels.max(initial=-1) + 1):
-        members = buffer.embeddings[keep[labels == c]]
+        rows = keep[labels == c]
+        members = buffer.embeddings[rows]
         centroid, radius = centroid_and_radius(members, alpha)
         if len(gate):
             d = np.linalg.norm(gate.centroids - centroid, axis=1)
@@ -58,10 +92,14 @@ def discover(gate: Gate, buffer: UnseenBuffer, s: ClusterSettings, alpha: float)
             if d[i] <= max(gate.radii[i], radius):
                 gate.grow(i, members, alpha, s.max_members)
                 grown.append(gate.names[i])
+                if examples is not None and buffer.thumbs is not None:
+                    examples[gate.names[i]] = buffer.thumbs[rows]
                 continue
         name = _next_name(gate)
         gate.add_members(name, members[-s.max_members:], alpha)
         new.append(name)
+        if examples is not None and buffer.thumbs is not None:
+            examples[name] = buffer.thumbs[rows]
     if new or grown:
         buffer.keep(gate.classify(buffer.embeddings)[0] < 0)
     return new, sorted(set(grown))
@@ -70,6 +108,14 @@ def discover(gate: Gate, buffer: UnseenBuffer, s: ClusterSettings, alpha: float)
 def _next_name(gate: Gate) -> str:
     numbers = [int(n.split("-")[1]) for n in gate.names if n.startswith("novel-") and n.split("-")[1].isdigit()]
     return f"novel-{max(numbers, default=0) + 1}"
+
+
+def save_examples(folder: Path, thumbs: np.ndarray, limit: int) -> None:
+    """Up to `limit` example crops per class folder (numbered PNGs); a person looks at them to name the class."""
+    folder.mkdir(parents=True, exist_ok=True)
+    have = len(list(folder.glob("*.png")))
+    for i, thumb in enumerate(thumbs[:max(limit - have, 0)]):
+        cv2.imwrite(str(folder / f"{have + i:03d}.png"), thumb)
 
 
 def snapshot(gate: Gate, version: int) -> ClassUpdate:
@@ -81,13 +127,15 @@ def run(stage: StageProcess) -> int:
     inbox = Inbox(stage.socket(zmq.PULL, "unseen", bind=True), "cluster", (UnseenBatch, EndOfStream))
     publish = stage.socket(zmq.PUB, "classes", bind=True)
     gate = load_memory(g.memory, g.set_size)
-    buffer = UnseenBuffer(s.buffer_size)
+    buffer = UnseenBuffer(s.buffer_size, s.per_track, s.dedup_similarity)
+    crops_dir = Path(s.crops_dir) if s.crops_dir else Path(g.memory + ".crops") if g.memory else None
     version, new_rows, last_run = 0, 0, time.monotonic()
     stage.started(classes=len(gate))
 
     def cluster_now() -> None:
         nonlocal version, new_rows, last_run
-        new, grown = discover(gate, buffer, s, g.alpha)
+        examples: dict[str, np.ndarray] = {}
+        new, grown = discover(gate, buffer, s, g.alpha, examples)
         new_rows, last_run = 0, time.monotonic()
         if new or grown:
             version += 1
@@ -99,6 +147,9 @@ def run(stage: StageProcess) -> int:
                                set=int(gate.set_ids[i]), buffered=len(buffer))
             if g.memory:
                 save_gate(gate, g.memory)
+            if crops_dir is not None:
+                for name, thumbs in examples.items():
+                    save_examples(crops_dir / name, thumbs, s.examples)
 
     while True:
         msg = inbox.recv(200)

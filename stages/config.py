@@ -53,6 +53,11 @@ class GateSettings:
     alpha: float = 0.75          # class radius = alpha-quantile of member distances (SKZC)
     set_size: int = 7            # classes per embedding set (SKZC)
     memory: str | None = None    # class memory file loaded at start
+    track: bool = True           # track boxes (ByteTrack) and vote labels per track
+    vote_window: int = 15        # decisions per track the vote looks at
+    vote_min: int = 3            # ... needs at least this many
+    vote_share: float = 0.6      # ... and this share for the majority label
+    thumb: int = 64              # side of the example crops sent to the cluster stage (px)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,10 @@ class ClusterSettings:
     dedup_similarity: float = 0.97  # near-identical embeddings count once
     min_size: int = 8            # members (after de-duplication) for a new class
     max_members: int = 256       # member embeddings kept per class to recompute centroid and radius
+    per_track: int = 3           # representative views kept per track in the buffer
+    min_tracks: int = 3          # a new class needs members from this many tracks (untracked rows count 1 each)
+    examples: int = 8            # example crops saved per class, for a person to name it
+    crops_dir: str | None = None  # where; None = beside the memory file (<memory>.crops/), or nowhere
 
 
 @dataclass(frozen=True)

@@ -3,25 +3,51 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import zmq
 
-from models.sddc import Gate, load_gate, normalize
+from models.sddc import UNSEEN, Gate, load_gate, normalize
+from models.tracks import BoxTracker, LabelVotes
 from stages.config import ConfigError
+from stages.embed import crop
 from stages.process import StageProcess
 from stream.messages import ClassUpdate, EndOfStream, FrameEmbeddings, LabeledFrame, UnseenBatch
 from stream.sockets import Inbox, send
 
 
-def label(gate: Gate, msg: FrameEmbeddings) -> tuple[LabeledFrame, UnseenBatch]:
-    """Labels every box of one frame; returns the labeled frame and its unseen boxes' embeddings."""
-    x = normalize(msg.embeddings) if len(msg) else np.zeros((0, msg.embeddings.shape[1]), np.float32)
+def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, votes: LabelVotes | None = None,
+          thumb: int = 64) -> tuple[LabeledFrame, UnseenBatch]:
+    """Labels every box of one frame; returns the labeled frame and what goes to clustering.
+
+    With a tracker, boxes get track ids and `votes` smooths each track's label; only boxes of
+    confirmed tracks whose voted label is unseen go to clustering, so a class can be required to
+    span several tracks. Without one, every unseen box goes."""
+    n = len(msg)
+    x = normalize(msg.embeddings) if n else np.zeros((0, msg.embeddings.shape[1]), np.float32)
     index, distance = gate.classify(x)
-    seen = index >= 0
-    track = np.full(len(msg), -1, np.int64)
+    labels = gate.labels(index)
+    track = tracker.update(msg.xyxy, msg.scores) if tracker is not None else np.full(n, -1, np.int64)
+    if votes is not None:
+        labels = votes.vote(track, labels)
+    seen = np.array([lab != UNSEEN for lab in labels], bool)
     labeled = LabeledFrame(msg.source, msg.index, msg.ts, msg.image, msg.xyxy, msg.scores, msg.det_labels,
-                           tuple(gate.labels(index)), seen, distance, track)
-    return labeled, UnseenBatch(msg.source, msg.index, x[~seen], track[~seen])
+                           tuple(labels), seen, distance, track)
+    out = ~seen & (track >= 0) if tracker is not None else ~seen
+    thumbs = np.stack([letterbox(c, thumb) for c in crop(msg.image, msg.xyxy[out])]) if out.any() else \
+        np.zeros((0, thumb, thumb, 3), np.uint8)
+    return labeled, UnseenBatch(msg.source, msg.index, x[out], track[out], thumbs)
+
+
+def letterbox(image: np.ndarray, size: int) -> np.ndarray:
+    """The image scaled to fit size x size, aspect kept, centred on black."""
+    h, w = image.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = np.zeros((size, size, 3), np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def apply_update(update: ClassUpdate, set_size: int) -> Gate:
@@ -47,6 +73,8 @@ def run(stage: StageProcess) -> int:
     to_sink = stage.socket(zmq.PUSH, "labeled", bind=False)
     to_cluster = stage.socket(zmq.PUSH, "unseen", bind=False)
     gate = load_memory(s.memory, s.set_size)
+    trackers: dict[str, BoxTracker] = {}  # one per source
+    votes = LabelVotes(s.vote_window, s.vote_min, s.vote_share) if s.track else None
     version = -1
     poller = zmq.Poller()
     poller.register(inbox.sock, zmq.POLLIN)
@@ -59,6 +87,8 @@ def run(stage: StageProcess) -> int:
             update = classes.recv(0)
             if update is not None and update.version > version:
                 gate, version = apply_update(update, s.set_size), update.version
+                if votes is not None:
+                    votes.forget_except(set(gate.names))  # renamed, merged or deleted classes
                 stage.log.info("applied class update %d: %d classes", version, len(gate))
         if inbox.sock not in ready:
             continue
@@ -68,7 +98,8 @@ def run(stage: StageProcess) -> int:
             send(to_sink, msg)
             break
         if msg is not None:
-            labeled, unseen = label(gate, msg)
+            tracker = trackers.setdefault(msg.source, BoxTracker()) if s.track else None
+            labeled, unseen = label(gate, msg, tracker, votes, s.thumb)
             send(to_sink, labeled)
             if len(unseen):
                 send(to_cluster, unseen)

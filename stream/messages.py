@@ -89,10 +89,14 @@ class UnseenBatch:
     index: int               # frame they came from
     embeddings: np.ndarray   # (N, D) float32
     track: np.ndarray        # (N,) int64, -1 where none
+    thumbs: np.ndarray | None = None  # (N, T, T, 3) uint8 BGR crops, letterboxed, for class examples
 
     def __post_init__(self):
-        if self.embeddings.ndim != 2 or self.track.shape != (len(self.embeddings),):
+        n = len(self.embeddings)
+        if self.embeddings.ndim != 2 or self.track.shape != (n,):
             raise ValueError(f"embeddings {self.embeddings.shape} and track {self.track.shape} disagree")
+        if self.thumbs is not None and (self.thumbs.ndim != 4 or len(self.thumbs) != n):
+            raise ValueError(f"thumbs {self.thumbs.shape} do not match {n} embeddings")
 
     def __len__(self) -> int:
         return len(self.embeddings)

@@ -84,3 +84,26 @@ def test_buffer_keeps_the_newest_rows():
     for i in range(3):
         buf.add(UnseenBatch("t", i, np.full((3, 2), i, np.float32), np.full(3, i, np.int64)))
     assert len(buf) == 5 and buf.tracks.tolist() == [1, 1, 2, 2, 2]
+
+
+def test_buffer_keeps_a_few_distinct_views_per_track():
+    buf = UnseenBuffer(capacity=100, per_track=3, similar=0.99)
+    rng = np.random.default_rng(4)
+    views = normalize(rng.normal(size=(6, DIM)))
+    same = np.repeat(views[:1], 5, axis=0)  # one view seen five times
+    buf.add(UnseenBatch("t", 0, same.astype(np.float32), np.full(5, 7, np.int64)))
+    assert len(buf) == 1
+    buf.add(UnseenBatch("t", 1, views[1:].astype(np.float32), np.full(5, 7, np.int64)))
+    assert len(buf) == 3 and np.allclose(buf.embeddings, views[3:])  # the track's newest three
+    buf.add(UnseenBatch("t", 2, views[:2].astype(np.float32), np.full(2, -1, np.int64)))
+    assert len(buf) == 5  # untracked rows are not capped
+
+
+def test_new_class_needs_several_tracks():
+    x, _ = blobs(30, 1, seed=5)
+    buf = UnseenBuffer(capacity=1000)
+    buf.add(UnseenBatch("t", 0, x.astype(np.float32), np.repeat(np.arange(2), 15)))  # two tracks only
+    gate = Gate.empty(DIM)
+    assert discover(gate, buf, settings(min_tracks=3), alpha=0.75) == ([], [])
+    buf.tracks[:] = np.arange(30) % 3
+    assert discover(gate, buf, settings(min_tracks=3), alpha=0.75)[0] == ["novel-1"]

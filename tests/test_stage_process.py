@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from conftest import ROOT, frame_fields
-from stages.config import ENDPOINT_NAMES, Settings, TransportSettings
+from stages.config import ENDPOINT_NAMES, GateSettings, Settings, TransportSettings
 from stream.messages import ClassUpdate, EndOfStream, Event, FrameEmbeddings, LabeledFrame
 from stream.sockets import Inbox, open_socket, send
 
@@ -21,7 +21,8 @@ DIM = 8
 def gate_process(tmp_path):
     """Starts `python -m stages gate`; the test holds the other end of every socket."""
     endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ENDPOINT_NAMES}
-    settings = Settings(transport=TransportSettings(endpoints=endpoints))
+    # untracked: every unseen box goes to clustering at once (tracking is tested in test_tracks.py)
+    settings = Settings(gate=GateSettings(track=False), transport=TransportSettings(endpoints=endpoints))
     ctx = zmq.Context()
     socks = {
         "embeddings": open_socket(ctx, zmq.PUSH, endpoints["embeddings"], bind=True, linger_ms=0),
