@@ -122,7 +122,7 @@ class Student(VisionTransformer):
         key picks "teacher" or "student" from a training checkpoint (DINO evaluates the teacher)."""
         model = cls(arch, **options)
         load_strict(model, backbone_state(read_checkpoint(path), key), str(path))
-        return model
+        return model.to(model.device_name)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -177,6 +177,8 @@ def load_strict(model: Student, state: dict, source: str) -> None:
 def fetch_official(arch: str) -> Path:
     """Path of the official DINO backbone for arch in the cache, downloaded on first use."""
     a = ARCHS[arch]
+    if a.stem is None:
+        raise ModelError(f"{arch} has no official DINO weights; pass a checkpoint path or weights='random'")
     path = cache_dir() / a.filename
     if path.is_file():
         return path
