@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from stages import classes
+from stages.classes import control_endpoint
 from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
 from stream.sources import is_live
 
@@ -88,9 +90,12 @@ def check(settings: Settings) -> None:
 
 
 def with_endpoints(settings: Settings, run_dir: str) -> Settings:
-    """Endpoints left unset become ipc sockets in the run's private folder (removed at exit)."""
+    """Endpoints left unset become ipc sockets in the run's private folder (removed at exit), but
+    for the control socket, which sits beside the class memory file so `classes` commands find it."""
     given = settings.transport.endpoints
     endpoints = {name: given.get(name) or f"ipc://{run_dir}/{name}" for name in ENDPOINT_NAMES}
+    if not given.get("control") and settings.gate.memory:
+        endpoints["control"] = control_endpoint(settings.gate.memory)
     return dataclasses.replace(settings, transport=dataclasses.replace(settings.transport, endpoints=endpoints))
 
 
@@ -170,6 +175,9 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["classes"]:
+        defaults = load(DEFAULT_CONFIG)
+        return classes.main(argv[1:], defaults.gate.alpha, defaults.cluster.max_members)
     if argv[:1] == ["train-student"]:
         from stages import train_student
         parser = argparse.ArgumentParser(prog="run_pipeline.py train-student")

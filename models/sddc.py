@@ -83,6 +83,39 @@ class Gate:
         self.set_ids = np.append(self.set_ids, set_id).astype(np.int64)
         self.members.append(np.zeros((0, centroid.shape[0]), np.float32))
 
+    def rename(self, old: str, new: str) -> None:
+        if new in self.names:
+            raise ValueError(f"class {new!r} exists already")
+        self.names[self._index(old)] = new
+
+    def remove(self, name: str) -> None:
+        i = self._index(name)
+        keep = np.arange(len(self)) != i
+        del self.names[i], self.members[i]
+        self.centroids, self.radii = self.centroids[keep], self.radii[keep]
+        self.sizes, self.set_ids = self.sizes[keep], self.set_ids[keep]
+
+    def merge(self, source: str, target: str, alpha: float, keep: int) -> None:
+        """target absorbs source. With member samples on both sides centroid and radius are recomputed
+        from them; otherwise the centroid is the size-weighted mean and the radius the larger one."""
+        i, j = self._index(source), self._index(target)
+        if i == j:
+            raise ValueError("cannot merge a class into itself")
+        if len(self.members[i]) and len(self.members[j]):
+            self.grow(j, self.members[i], alpha, keep)
+            self.sizes[j] += self.sizes[i] - len(self.members[i])
+        else:
+            w = self.sizes[[i, j]].astype(np.float32)
+            self.centroids[j] = (w[0] * self.centroids[i] + w[1] * self.centroids[j]) / max(w.sum(), 1.0)
+            self.radii[j] = max(self.radii[i], self.radii[j])
+            self.sizes[j] += self.sizes[i]
+        self.remove(source)
+
+    def _index(self, name: str) -> int:
+        if name not in self.names:
+            raise ValueError(f"no class {name!r}; classes: {', '.join(self.names) or 'none'}")
+        return self.names.index(name)
+
     def classify(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """embeddings: (N, D) normalized -> (class index (N,) int64, -1 = unseen; distance (N,) float32
         to the winning centroid, or to the nearest centroid overall when unseen; inf with no classes)."""

@@ -11,6 +11,7 @@ import zmq
 
 from models.kch import deduplicate, knn_clusters
 from models.sddc import Gate, centroid_and_radius, save_gate
+from stages.classes import handle
 from stages.config import ClusterSettings
 from stages.gate import load_memory
 from stages.process import StageProcess
@@ -126,40 +127,54 @@ def run(stage: StageProcess) -> int:
     s, g = stage.settings.cluster, stage.settings.gate
     inbox = Inbox(stage.socket(zmq.PULL, "unseen", bind=True), "cluster", (UnseenBatch, EndOfStream))
     publish = stage.socket(zmq.PUB, "classes", bind=True)
+    control = stage.socket(zmq.REP, "control", bind=True)
     gate = load_memory(g.memory, g.set_size)
     buffer = UnseenBuffer(s.buffer_size, s.per_track, s.dedup_similarity)
     crops_dir = Path(s.crops_dir) if s.crops_dir else Path(g.memory + ".crops") if g.memory else None
     version, new_rows, last_run = 0, 0, time.monotonic()
+    poller = zmq.Poller()
+    poller.register(inbox.sock, zmq.POLLIN)
+    poller.register(control, zmq.POLLIN)
     stage.started(classes=len(gate))
 
+    def changed() -> None:
+        """The class memory changed: the gate and the memory file follow."""
+        nonlocal version
+        version += 1
+        send(publish, snapshot(gate, version))
+        if g.memory:
+            save_gate(gate, g.memory)
+
     def cluster_now() -> None:
-        nonlocal version, new_rows, last_run
+        nonlocal new_rows, last_run
         examples: dict[str, np.ndarray] = {}
         new, grown = discover(gate, buffer, s, g.alpha, examples)
         new_rows, last_run = 0, time.monotonic()
         if new or grown:
-            version += 1
-            send(publish, snapshot(gate, version))
+            changed()
             for type_, names in (("class_discovered", new), ("class_updated", grown)):
                 for name in names:
                     i = gate.names.index(name)
                     stage.emit(type_, **{"class": name}, size=int(gate.sizes[i]), radius=float(gate.radii[i]),
                                set=int(gate.set_ids[i]), buffered=len(buffer))
-            if g.memory:
-                save_gate(gate, g.memory)
             if crops_dir is not None:
                 for name, thumbs in examples.items():
                     save_examples(crops_dir / name, thumbs, s.examples)
 
-    while True:
-        msg = inbox.recv(200)
-        if isinstance(msg, EndOfStream):
-            cluster_now()
-            break
-        if msg is not None:
+    msg = None
+    while not isinstance(msg, EndOfStream):
+        ready = dict(poller.poll(200))
+        if control in ready:  # rename / merge / delete / list from `run_pipeline.py classes`
+            reply, event = handle(control.recv(), gate, g.alpha, s.max_members, crops_dir)
+            control.send_json(reply)
+            if event is not None:
+                changed()
+                stage.emit(event.pop("type"), **event)
+        msg = inbox.recv(0) if inbox.sock in ready else None
+        if isinstance(msg, UnseenBatch):
             buffer.add(msg)
             new_rows += len(msg)
-        if new_rows >= s.min_new and time.monotonic() - last_run >= s.period_s:
+        if isinstance(msg, EndOfStream) or (new_rows >= s.min_new and time.monotonic() - last_run >= s.period_s):
             cluster_now()
     if g.memory:
         save_gate(gate, g.memory)

@@ -92,7 +92,7 @@ class TransportSettings:
     shutdown_timeout_s: float = 20.0
 
 
-ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events")
+ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control")
 
 
 @dataclass(frozen=True)
