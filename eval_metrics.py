@@ -1,0 +1,100 @@
+"""Open-world metrics of evaluate.py (SKZC Task 1 clustering, Task 2 seen/unknown), recomputable from its predictions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, precision_recall_fscore_support
+
+UNKNOWN = "unknown"
+
+
+def harmonic(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+def task2(true: Sequence[str], pred: Sequence[str], seen: Sequence[bool], seen_classes: Sequence[str]) -> dict:
+    """true: true class per test image; pred: a seen class name or UNKNOWN; seen: whether the true
+    class is a seen class. Per-class precision/recall/F1 over the labels seen_classes + [UNKNOWN]
+    (an unseen-class image's right answer is UNKNOWN), their macro means, Sacc, Uacc and H."""
+    seen = np.asarray(seen, bool)
+    target = np.where(seen, np.asarray(true, object), UNKNOWN)
+    pred = np.asarray(pred, object)
+    labels = list(seen_classes) + [UNKNOWN]
+    if len(target):
+        p, r, f, support = precision_recall_fscore_support(target, pred, labels=labels, zero_division=0)
+    else:  # scikit-learn refuses empty input
+        p = r = f = np.zeros(len(labels))
+        support = np.zeros(len(labels), np.int64)
+    sacc = float(np.mean(pred[seen] == target[seen])) if seen.any() else 0.0
+    uacc = float(np.mean(pred[~seen] == UNKNOWN)) if (~seen).any() else 0.0
+    return {"precision_macro": float(p.mean()), "recall_macro": float(r.mean()), "f1_macro": float(f.mean()),
+            "sacc": sacc, "uacc": uacc, "h": harmonic(sacc, uacc), "n": int(len(target)),
+            "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                                 "support": int(support[i])} for i, name in enumerate(labels)}}
+
+
+def singletons(clusters: Sequence[int | None]) -> np.ndarray:
+    """Cluster ids with every None (an image left in no cluster) turned into a cluster of its own."""
+    out = np.empty(len(clusters), np.int64)
+    fresh = -1
+    for i, c in enumerate(clusters):
+        if c is None:
+            out[i], fresh = fresh, fresh - 1
+        else:
+            out[i] = int(c)
+    return out
+
+
+def hungarian_acc(true: Sequence, clusters: np.ndarray) -> float:
+    """Best one-to-one matching of clusters to classes (scipy's Hungarian solver); the fraction of
+    images whose cluster is matched to their class. Unmatched clusters count as wrong."""
+    if len(true) == 0:
+        return 0.0
+    _, t = np.unique(np.asarray(true, object).astype(str), return_inverse=True)
+    _, c = np.unique(clusters, return_inverse=True)
+    counts = np.zeros((c.max() + 1, t.max() + 1), np.int64)
+    np.add.at(counts, (c, t), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / len(true))
+
+
+def clustering(true: Sequence, clusters: Sequence[int | None]) -> dict:
+    """NMI, ACC, ARI of a clustering against the true classes; None = in no cluster (a singleton)."""
+    if len(true) == 0:
+        return {"nmi": 0.0, "acc": 0.0, "ari": 0.0}
+    ids = singletons(clusters)
+    true = np.asarray(true, object).astype(str)
+    return {"nmi": float(normalized_mutual_info_score(true, ids)), "acc": hungarian_acc(true, ids),
+            "ari": float(adjusted_rand_score(true, ids))}
+
+
+def task1(true: Sequence[str], ours: Sequence[int | None], oracle: Sequence[int | None]) -> dict:
+    """Our clustering and the oracle's over the unseen-class test images, plus how many of them our
+    clustering covers and the scores on just the covered ones (an optimistic view, for comparison)."""
+    ours_scores, oracle_scores = clustering(true, ours), clustering(true, oracle)
+    covered = [i for i, c in enumerate(ours) if c is not None]
+    inside = clustering([true[i] for i in covered], [ours[i] for i in covered])
+    return {**ours_scores, **{f"{k}_oracle": v for k, v in oracle_scores.items()},
+            **{f"{k}_covered": v for k, v in inside.items()},
+            "n": len(true), "coverage": len(covered) / len(true) if len(true) else 0.0,
+            "clusters": len({c for c in ours if c is not None})}
+
+
+def from_rows(rows: Iterable[dict], seen_classes: Sequence[str]) -> dict:
+    """Both tasks' metrics from prediction records {"true","pred","seen","cluster","oracle"}."""
+    rows = list(rows)
+    unseen = [r for r in rows if not r["seen"]]
+    return {"task1": task1([r["true"] for r in unseen], [r["cluster"] for r in unseen],
+                           [r["oracle"] for r in unseen]),
+            "task2": task2([r["true"] for r in rows], [r["pred"] for r in rows], [r["seen"] for r in rows],
+                           seen_classes)}
+
+
+def from_predictions(path: str | Path, seen_classes: Sequence[str]) -> dict:
+    """Recomputes metrics.json's "task1" and "task2" from a preds.jsonl written by evaluate.py."""
+    with open(path) as f:
+        return from_rows((json.loads(line) for line in f if line.strip()), seen_classes)

@@ -1,0 +1,215 @@
+"""The evaluator and its metrics against hand-computed answers, its input errors, and the Fashion-MNIST converter."""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import evaluate
+from conftest import ROOT
+from eval_metrics import UNKNOWN, clustering, from_predictions, hungarian_acc, task1, task2
+from tools import fashion_mnist
+
+COLOURS = {"a": (0, 0, 200), "b": (0, 200, 0), "c": (200, 0, 0), "d": (0, 200, 200)}  # BGR, class -> colour
+
+
+class ColourEmbedder:
+    """Embeds a solid-colour image as the one-hot of its colour (16-d). Colours of classes c and d get
+    a jitter seeded by pixel (0, 0), so their images are distinct but cluster tightly; a and b images
+    are exact one-hots, so a seen class's test images sit exactly on its centroid."""
+    dim = 16
+
+    def embed(self, crops):
+        out = np.zeros((len(crops), self.dim), np.float32)
+        for row, crop in zip(out, crops):
+            colour = tuple(int(v) for v in crop[1, 1])
+            k = list(COLOURS.values()).index(colour)
+            row[k] = 1.0
+            if k >= 2:
+                row[4:] += 0.1 * np.random.default_rng(int(crop[0, 0, 0])).normal(size=self.dim - 4)
+        return out
+
+
+def make_folder(root, per_class=12, odd=True):
+    """root/<a|b|c|d>/NN.png solid colour images; with `odd`, one image of unseen class d has a's colour."""
+    n = 0
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = np.empty((8, 8, 3), np.uint8)
+            image[:] = COLOURS["a"] if odd and name == "d" and i == 0 else colour
+            image[0, 0] = (n, 0, 0)  # image id: seeds the jitter
+            n += 1
+            cv2.imwrite(str(root / name / f"{i:02d}.png"), image)
+    return root
+
+
+def run_eval(tmp_path, *extra, data=None):
+    data = data or make_folder(tmp_path / "data")
+    argv = ["--data", str(data), "--seen", "a,b", "--alpha", "1.0", "--k", "10", "--min-similarity", "0.8",
+            "--dedup-similarity", "0.999", "--min-size", "3", "--json", str(tmp_path / "m.json"),
+            "--predictions", str(tmp_path / "p.jsonl"), *extra]
+    return evaluate.main(argv, embedder=ColourEmbedder())
+
+
+def test_evaluator_on_known_folder_matches_hand_computed_metrics(tmp_path):
+    assert run_eval(tmp_path) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    t2, t1 = m["task2"], m["task1"]
+    # Test set: 6 a + 6 b (the other halves build the memory) + 12 c + 12 d; one d image looks like a.
+    assert (m["n_memory"], m["n_test"], m["unseen_classes"]) == (12, 36, ["c", "d"])
+    pc = t2["per_class"]
+    assert pc["a"]["precision"] == pytest.approx(6 / 7) and pc["a"]["recall"] == 1.0
+    assert pc["a"]["f1"] == pytest.approx(12 / 13)
+    assert pc["b"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 6}
+    assert pc[UNKNOWN]["precision"] == 1.0 and pc[UNKNOWN]["recall"] == pytest.approx(23 / 24)
+    assert t2["f1_macro"] == pytest.approx((12 / 13 + 1 + 46 / 47) / 3)
+    assert (t2["sacc"], t2["uacc"], t2["h"]) == (1.0, pytest.approx(23 / 24), pytest.approx(46 / 47))
+    # Clusters: all 12 c, the 11 flagged d; the a-looking d image is in none (a singleton).
+    assert (t1["clusters"], t1["n"], t1["coverage"]) == (2, 24, pytest.approx(23 / 24))
+    assert t1["acc"] == pytest.approx(23 / 24) and t1["acc_covered"] == 1.0
+    h_clusters = -sum(p * math.log(p) for p in (12 / 24, 11 / 24, 1 / 24))
+    assert t1["nmi"] == pytest.approx(2 * math.log(2) / (math.log(2) + h_clusters))
+    expected = 132 * 121 / 276  # pairs: same class 2*C(12,2), same cluster C(12,2)+C(11,2), total C(24,2)
+    assert t1["ari"] == pytest.approx((121 - expected) / ((132 + 121) / 2 - expected))
+    assert (t1["nmi_oracle"], t1["acc_oracle"], t1["ari_oracle"]) == (1.0, 1.0, 1.0)
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    odd = [r for r in rows if r["true"] == "d" and r["pred"] == "a"]
+    assert len(odd) == 1 and odd[0]["cluster"] is None and odd[0]["seen"] is False and odd[0]["distance"] == 0.0
+    assert {r["cluster"] for r in rows if r["true"] == "c"} not in ({None}, {r["cluster"] for r in rows if r["true"] == "d"})
+
+
+def test_predictions_recompute_to_the_json_metrics(tmp_path):
+    assert run_eval(tmp_path, "--alpha", "0.5") == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    again = from_predictions(tmp_path / "p.jsonl", m["seen_classes"])
+    assert again == {"task1": m["task1"], "task2": m["task2"]}
+    # ... and the check can fail: one changed prediction changes the metrics.
+    lines = (tmp_path / "p.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["pred"] = "b" if first["pred"] != "b" else UNKNOWN
+    (tmp_path / "p.jsonl").write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    assert from_predictions(tmp_path / "p.jsonl", m["seen_classes"])["task2"] != m["task2"]
+
+
+def test_plots_and_sweeps(tmp_path):
+    assert run_eval(tmp_path, "--plots", str(tmp_path / "plots")) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert [r["alpha"] for r in m["sweeps"]["alpha"]][::10] == [0.0, 0.5, 1.0]
+    assert [r["set_size"] for r in m["sweeps"]["set_size"]] == list(range(1, 11))
+    assert all(r["sacc"] == 1.0 for r in m["sweeps"]["alpha"])  # a and b test images sit on their centroids
+    for name in ("alpha_sweep.png", "set_size_sweep.png"):
+        image = cv2.imread(str(tmp_path / "plots" / name))
+        assert image is not None and image.shape[2] == 3 and (image < 128).any()
+
+
+def test_embedding_cache_is_reused(tmp_path):
+    assert run_eval(tmp_path) == 0
+    first = json.loads((tmp_path / "m.json").read_text())
+
+    class Refuses:
+        def embed(self, crops):
+            raise AssertionError("cached embeddings should have been reused")
+    argv = ["--data", str(tmp_path / "data"), "--seen", "a,b", "--alpha", "1.0", "--k", "10", "--min-size", "3",
+            "--min-similarity", "0.8", "--dedup-similarity", "0.999",
+            "--json", str(tmp_path / "m.json"), "--predictions", str(tmp_path / "p.jsonl")]
+    assert evaluate.main(argv, embedder=Refuses()) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["task2"] == first["task2"]
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("missing", ["--seen", "a"], "is not a directory"),
+    ("empty", ["--seen", "a"], "no .png/.jpg images"),
+    ("one_class", ["--seen-fraction", "0.5"], "need at least 2"),
+    ("ok", ["--seen", "a,zebra"], "unknown class 'zebra'"),
+    ("ok", ["--seen-fraction", "1.5"], "--seen-fraction must lie"),
+    ("ok", ["--seen-fraction", "0.05"], "0 of 4 classes would be seen"),
+    ("ok", ["--seen", "a,b,c,d"], "4 of 4 classes would be seen"),
+    ("ok", ["--seen", "a", "--memory-fraction", "1"], "--memory-fraction must lie"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case, args, message):
+    data = tmp_path / "data"
+    if case == "empty":
+        (data / "a").mkdir(parents=True)
+    elif case == "one_class":
+        make_folder(data)
+        for name in "bcd":
+            for f in (data / name).iterdir():
+                f.unlink()
+    elif case == "ok":
+        make_folder(data)
+    argv = ["--data", str(data), *args, "--json", str(tmp_path / "m.json"), "--predictions", str(tmp_path / "p.jsonl")]
+    assert evaluate.main(argv, embedder=ColourEmbedder()) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_cli_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--data", str(tmp_path / "nowhere"),
+                           "--seen", "a", "--json", "m.json", "--predictions", "p.jsonl"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("evaluate: --data")
+
+
+@pytest.mark.parametrize("true, pred, seen, expected", [
+    ([], [], [], {"sacc": 0.0, "uacc": 0.0, "h": 0.0, "f1_macro": 0.0}),
+    # a: 2 right, 1 called unknown; unseen x: 1 flagged, 1 called a.
+    (["a", "a", "a", "x", "x"], ["a", "a", UNKNOWN, UNKNOWN, "a"], [1, 1, 1, 0, 0],
+     {"sacc": 2 / 3, "uacc": 1 / 2, "h": 4 / 7, "precision_macro": (2 / 3 + 1 / 2) / 2,
+      "recall_macro": (2 / 3 + 1 / 2) / 2, "f1_macro": (2 / 3 + 1 / 2) / 2}),
+])
+def test_task2_by_hand(true, pred, seen, expected):
+    got = task2(true, pred, [bool(s) for s in seen], ["a"])
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+
+
+def test_clustering_scores_by_hand():
+    # Perfect up to renaming; then a labeling with one class split in two and nothing unclustered.
+    assert clustering(["x", "x", "y", "y"], [5, 5, 2, 2]) == {"nmi": 1.0, "acc": 1.0, "ari": 1.0}
+    assert hungarian_acc(np.array(["x", "x", "x", "y"]), np.array([0, 0, 1, 1])) == 0.75
+    got = clustering(["x", "x", "y", "y"], [0, None, 1, None])  # two singletons
+    assert got["acc"] == 0.5 and got["ari"] == pytest.approx(0.0)
+    assert clustering([], []) == {"nmi": 0.0, "acc": 0.0, "ari": 0.0}
+    t = task1(["x", "x", "y"], [0, 0, None], [1, 1, 0])
+    assert (t["clusters"], t["coverage"], t["acc_covered"], t["acc_oracle"]) == (1, pytest.approx(2 / 3), 1.0, 1.0)
+
+
+def write_idx(path, array, magic):
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_fashion_mnist_conversion_of_synthetic_idx(tmp_path):
+    labels = np.array([3, 0, 3, 9, 3, 0], np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28)).astype(np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images, 2051)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels, 2049)
+    written = fashion_mnist.convert(tmp_path, tmp_path / "out", "train", per_class=2)
+    assert written["Dress"] == 2 and written["T-shirt_top"] == 2 and written["Ankle_boot"] == 1
+    assert sum(written.values()) == 5 and len(list((tmp_path / "out").iterdir())) == 10
+    png = cv2.imread(str(tmp_path / "out" / "Dress" / "train-00002.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(png, images[2])
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels, 2051)  # wrong magic
+    with pytest.raises(fashion_mnist.DataError, match="magic 2049"):
+        fashion_mnist.convert(tmp_path, tmp_path / "out2")
+
+
+def test_fashion_mnist_missing_package_says_what_to_install(tmp_path, capsys):
+    assert fashion_mnist.main(["--out", str(tmp_path / "o"), "--source", str(tmp_path / "none")]) == 2
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_fashion_mnist_package_test_split():
+    if not (fashion_mnist.PACKAGE_DIR / "t10k-labels-idx1-ubyte.gz").exists():
+        pytest.skip("needs the Debian package dataset-fashion-mnist")
+    labels = fashion_mnist.read_idx(fashion_mnist.PACKAGE_DIR / "t10k-labels-idx1-ubyte.gz", 2049)
+    assert np.bincount(labels).tolist() == [1000] * 10
