@@ -49,6 +49,7 @@ class StageProcess:
         signal.signal(signal.SIGINT, self._on_sigint)
         self.ctx = zmq.Context()
         self._sockets: list[zmq.Socket] = []
+        self._ipc_files: list[str] = []
         # Every stage pushes its events to the sink, which binds the other end and writes the log.
         if name == "sink":
             self.events_in = self.socket(zmq.PULL, "events", bind=True, hwm=_EVENTS_HWM)
@@ -60,9 +61,11 @@ class StageProcess:
 
     def socket(self, kind: int, endpoint: str, *, bind: bool, hwm: int | None = None) -> zmq.Socket:
         transport = self.settings.transport
-        sock = open_socket(self.ctx, kind, transport.endpoints[endpoint], bind=bind,
-                           hwm=transport.hwm if hwm is None else hwm)
+        address = transport.endpoints[endpoint]
+        sock = open_socket(self.ctx, kind, address, bind=bind, hwm=transport.hwm if hwm is None else hwm)
         self._sockets.append(sock)
+        if bind and address.startswith("ipc://"):
+            self._ipc_files.append(address[len("ipc://"):])  # libzmq leaves them behind
         return sock
 
     def emit(self, type_: str, **fields) -> None:
@@ -76,3 +79,8 @@ class StageProcess:
         for sock in self._sockets:
             sock.close()
         self.ctx.term()
+        for path in self._ipc_files:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass

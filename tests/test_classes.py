@@ -98,6 +98,7 @@ def test_rename_merge_delete_on_a_live_cluster_process(tmp_path):
         assert "cyclist" in classes_cli("list", "--memory", str(path)).stdout
         send(unseen, EndOfStream("t", 0))
         assert proc.wait(timeout=20) == 0
+        assert not (tmp_path / "m.npz.ctl").exists()  # the control socket file goes with the process
     finally:
         if proc.poll() is None:
             proc.kill()
