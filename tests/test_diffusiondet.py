@@ -12,6 +12,7 @@ import torch
 
 from models.diffusiondet import ARCHS, DiffusionDet, resized_shape
 from models.diffusiondet_head import apply_deltas, assign_fpn_levels
+from models.diffusiondet_weights import load_upstream_state_dict
 from models.registry import DETECTORS, ModelError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
@@ -171,19 +172,19 @@ def upstream_like_state(drop_schedule=False) -> dict[str, torch.Tensor]:
 
 
 def test_strict_load_accepts_upstream_keys_with_or_without_schedule():
-    from models.diffusiondet_weights import load_upstream_state_dict
     load_upstream_state_dict(meta_r50(), upstream_like_state())
     load_upstream_state_dict(meta_r50(), upstream_like_state(drop_schedule=True))
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda sd: sd.pop("head.head_series.5.bboxes_delta.bias"), r"missing keys: head\.head_series\.5\.bboxes_delta\.bias"),
-    (lambda sd: sd.__setitem__("head.extra.weight", torch.empty(3, device="meta")), r"unexpected keys: head\.extra\.weight"),
+    (lambda sd: sd.pop("head.head_series.5.bboxes_delta.bias"),
+     r"missing keys: head\.head_series\.5\.bboxes_delta\.bias"),
+    (lambda sd: sd.__setitem__("head.extra.weight", torch.empty(3, device="meta")),
+     r"unexpected keys: head\.extra\.weight"),
     (lambda sd: sd.__setitem__("head.time_mlp.1.bias", torch.empty(7, device="meta")),
      r"shape mismatches .*head\.time_mlp\.1\.bias \(7,\) vs \(1024,\)"),
 ])
 def test_strict_load_names_bad_keys(edit, message):
-    from models.diffusiondet_weights import load_upstream_state_dict
     sd = upstream_like_state()
     edit(sd)
     with pytest.raises(ModelError, match=message):
