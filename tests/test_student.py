@@ -241,6 +241,23 @@ def test_stage_trains_resumes_and_output_loads_as_embedder(crop_folder, capsys):
     assert model.embed(random_crops([(20, 20)])).shape == (1, 32)
 
 
+def test_stage_resumes_mid_epoch_after_interruption(crop_folder, monkeypatch):
+    real_step, calls = DinoTrainer.step, []
+
+    def interrupted(self, views):
+        calls.append(len(views[0]))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(self, views)
+    monkeypatch.setattr(DinoTrainer, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_student.run(stage_args(crop_folder, epochs=2, save_every=1))
+    assert torch.load(crop_folder / "out.pth", weights_only=True)["step"] == 3  # 2 steps per epoch
+    monkeypatch.setattr(DinoTrainer, "step", real_step)
+    assert train_student.run(stage_args(crop_folder, epochs=2, resume=True)) == 0
+    assert torch.load(crop_folder / "out.pth", weights_only=True)["step"] == 4
+
+
 @pytest.mark.parametrize("setup, overrides, error, match", [
     (lambda p: None, {"crops": Path("/nonexistent/crops")}, ValueError, "is not a folder"),
     (lambda p: (p / "empty").mkdir(), {"crops": "empty"}, ValueError, "no \\*.png"),
