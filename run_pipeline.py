@@ -34,6 +34,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--events", help="JSONL event log path (flushed per line)")
     p.add_argument("--save", help="write the annotated video here (.mp4 or .avi)")
     p.add_argument("--memory", help="class memory file: loaded at start if present, saved as classes appear")
+    p.add_argument("--gallery", help="folder DIR/<class name>/*.jpg: seen classes built from example images at start")
     p.add_argument("--detector", help="detector name (see --list-models)")
     p.add_argument("--embedder", help="embedder name (see --list-models)")
     p.add_argument("--weights", help="weights of whichever of detector/embedder is not a packaged model")
@@ -99,6 +100,10 @@ def with_endpoints(settings: Settings, run_dir: str) -> Settings:
     return dataclasses.replace(settings, transport=dataclasses.replace(settings.transport, endpoints=endpoints))
 
 
+def stage_env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
 class Supervisor:
     """Starts the stage processes, forwards Ctrl-C / SIGTERM as a graceful end of stream, and makes
     sure every process is gone before it returns."""
@@ -115,7 +120,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         payload = self.settings.to_json().encode()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = stage_env()
         for name in self.stages:
             # Own process group: a terminal's Ctrl-C reaches only us, and we decide how to stop.
             proc = subprocess.Popen([sys.executable, "-m", "stages", name], stdin=subprocess.PIPE, cwd=ROOT,
@@ -205,6 +210,14 @@ def main(argv: list[str]) -> int:
         return 2
     run_dir = tempfile.mkdtemp(prefix="owd-")
     try:
+        if args.gallery:
+            if not settings.gate.memory:  # the run's classes live in a memory file for this run only
+                settings = dataclasses.replace(settings, gate=dataclasses.replace(
+                    settings.gate, memory=os.path.join(run_dir, "memory.npz")))
+            code = subprocess.run([sys.executable, "-m", "stages.gallery", args.gallery], cwd=ROOT,
+                                  input=settings.to_json().encode(), env=stage_env()).returncode
+            if code:
+                return code
         return Supervisor(with_endpoints(settings, run_dir)).run()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

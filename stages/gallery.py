@@ -1,0 +1,64 @@
+"""Seen classes from example images: `--gallery DIR` (DIR/<class>/*.jpg) becomes classes in the memory file before a run."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.detections import Embedder
+from models.registry import EMBEDDERS, ModelError
+from models.sddc import Gate, normalize, save_gate
+from stages.config import ConfigError, Settings
+from stages.gate import letterbox, load_memory
+from stream.sources import IMAGE_SUFFIXES
+
+
+def read_gallery(folder: Path) -> dict[str, list[np.ndarray]]:
+    """Class name -> its readable images (BGR); raises ConfigError when there is nothing to use."""
+    if not folder.is_dir():
+        raise ConfigError(f"gallery {folder} is not a folder (expected DIR/<class name>/*.jpg)")
+    classes = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        images = [cv2.imread(str(p)) for p in sorted(sub.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        images = [im for im in images if im is not None]
+        if images:
+            classes[sub.name] = images
+    if not classes:
+        raise ConfigError(f"gallery {folder} has no <class name>/ subfolder with readable images")
+    return classes
+
+
+def build(gate: Gate, embedder: Embedder, classes: dict[str, list[np.ndarray]], alpha: float) -> list[str]:
+    """Adds (or replaces) one class per gallery folder: centroid and radius from its images' embeddings."""
+    for name, images in classes.items():
+        if name in gate.names:
+            gate.remove(name)
+        gate.add_members(name, normalize(embedder.embed(images)), alpha)
+    return list(classes)
+
+
+def main(settings: Settings, folder: str) -> int:
+    """Builds the gallery classes into settings.gate.memory with the run's embedder."""
+    e, g = settings.embed, settings.gate
+    try:
+        classes = read_gallery(Path(folder))
+        embedder = EMBEDDERS.create(e.model, weights=e.weights, device=e.device, **e.options)
+    except (ConfigError, ModelError) as exc:
+        print(f"owd gallery: {exc}", file=sys.stderr)
+        return 2
+    gate = load_memory(g.memory, g.set_size)
+    names = build(gate, embedder, classes, g.alpha)
+    save_gate(gate, g.memory)
+    crops = Path(settings.cluster.crops_dir or g.memory + ".crops")
+    for name in names:
+        (crops / name).mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(classes[name][:settings.cluster.examples]):
+            cv2.imwrite(str(crops / name / f"gallery-{i:03d}.png"), letterbox(image, g.thumb))
+    print(f"owd: gallery classes {', '.join(names)} -> {g.memory}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Settings.from_json(sys.stdin.read()), sys.argv[1]))
