@@ -46,7 +46,13 @@ ARCHS = {
         head=HeadConfig(hidden_dim=32, dim_feedforward=64, num_stages=2, dim_dynamic=8),
         num_proposals=16, min_size=64, max_size=128),
 }
-OPTIONS = ("num_proposals", "sampling_steps", "min_size", "max_size")
+OPTIONS = ("num_proposals", "sampling_steps", "min_size", "max_size")  # config fields settable per model
+VALID = OPTIONS + ("device", "precision", "score_threshold", "seed")
+
+
+def check_options(options: dict) -> None:
+    if unknown := sorted(set(options) - set(VALID)):
+        raise ModelError(f"unknown DiffusionDet option(s) {', '.join(unknown)}; valid: {', '.join(VALID)}")
 
 
 def cosine_beta_schedule(timesteps: int, s: float = 0.008) -> torch.Tensor:
@@ -123,6 +129,7 @@ class DiffusionDet(nn.Module):
     def from_checkpoint(cls, path, arch: str = "r50", **overrides) -> "DiffusionDet":
         """Build `arch` ("r50", "r101", "test") and load an upstream checkpoint strictly.
         overrides: num_proposals, sampling_steps, min_size, max_size, device, precision, score_threshold, seed."""
+        check_options(overrides)
         state = read_state_dict(path)  # before building, so a bad path fails fast
         model = cls.build(arch, **overrides)
         load_upstream_state_dict(model, state, source=str(path))
@@ -133,6 +140,7 @@ class DiffusionDet(nn.Module):
         """`arch` with random weights (PyTorch's default init; the head as upstream initialises it)."""
         if arch not in ARCHS:
             raise ModelError(f"unknown DiffusionDet arch {arch!r}; known: {', '.join(ARCHS)}")
+        check_options(overrides)
         cfg_opts = {k: overrides.pop(k) for k in OPTIONS if k in overrides}
         model = cls(replace(ARCHS[arch], **cfg_opts), **overrides)
         for p in model.head.parameters():  # upstream's _reset_parameters: xavier, then focal-loss prior bias

@@ -132,7 +132,7 @@ def test_r101_is_r50_with_a_deeper_res4():
 
 
 def test_unknown_option_is_a_model_error():
-    with pytest.raises(ModelError, match="bogus"):
+    with pytest.raises(ModelError, match="unknown DiffusionDet option.*bogus; valid: num_proposals"):
         DETECTORS.create("test_diffusiondet", bogus=1)
 
 
