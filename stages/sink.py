@@ -66,6 +66,34 @@ class Display:
             cv2.destroyAllWindows()
 
 
+class Hud:
+    """What the overlay's corner says: processing rate, drops, rejected messages, classes found."""
+
+    def __init__(self):
+        self.recent: deque[float] = deque()  # arrival times of the last 2 s of frames
+        self.dropped = self.classes = 0
+        self.source_fps = 0.0
+
+    def on_event(self, rec: dict) -> None:
+        if rec["type"] == "frame_dropped":
+            self.dropped = rec.get("total", self.dropped)
+        elif rec["type"] == "class_discovered":
+            self.classes += 1
+        elif rec["type"] == "stage_started" and rec.get("stage") == "capture":
+            self.source_fps = float(rec.get("fps") or 0.0)
+
+    def on_frame(self, now: float) -> None:
+        self.recent.append(now)  # frames arrive in batches: a rate over a window, not per interval
+        while now - self.recent[0] > 2.0:
+            self.recent.popleft()
+
+    def lines(self, index: int, rejected: int) -> list[str]:
+        span = self.recent[-1] - self.recent[0] if len(self.recent) > 1 else 0.0
+        fps = (len(self.recent) - 1) / span if span > 0 else 0.0
+        return [f"{fps:5.1f} fps  frame {index}", f"dropped {self.dropped}  rejected {rejected}",
+                f"classes found {self.classes}"]
+
+
 def run(stage: StageProcess) -> int:
     s = stage.settings.sink
     frames_in = Inbox(stage.socket(zmq.PULL, "labeled", bind=True), "sink", (LabeledFrame, EndOfStream))
@@ -75,44 +103,30 @@ def run(stage: StageProcess) -> int:
         stage.log.warning("no DISPLAY: running without a window (use --headless to silence this)")
     log = EventLog(s.events)
     log.write({"type": "stage_started", "ts": time.time(), "stage": "sink", "pid": os.getpid()})
-    display = Display(window, s.save)
+    display, hud = Display(window, s.save), Hud()
     poller = zmq.Poller()
     poller.register(frames_in.sock, zmq.POLLIN)
     poller.register(events_in.sock, zmq.POLLIN)
-    frames, dropped, classes, source_fps, fps = 0, 0, 0, 0.0, 0.0
-    recent: deque[float] = deque()  # arrival times of the last 2 s of frames
-    frames_done = events_done = False
+    frames, frames_done, events_done = 0, False, False  # done: end of stream from the gate / the cluster
     try:
         while not (frames_done and events_done) and not display.closed:
             ready = dict(poller.poll(200))
-            if events_in.sock in ready:
-                msg = events_in.recv(0)
-                if isinstance(msg, EndOfStream):
-                    events_done = True
-                elif msg is not None:
-                    rec = msg.record
+            msg = events_in.recv(0) if events_in.sock in ready else None
+            events_done |= isinstance(msg, EndOfStream)
+            if isinstance(msg, Event):
+                log.write(msg.record)
+                hud.on_event(msg.record)
+            msg = frames_in.recv(0) if frames_in.sock in ready else None
+            frames_done |= isinstance(msg, EndOfStream)
+            if isinstance(msg, LabeledFrame):
+                now = time.time()
+                for rec in records(msg, now):
                     log.write(rec)
-                    dropped = rec.get("total", dropped) if rec["type"] == "frame_dropped" else dropped
-                    classes += rec["type"] == "class_discovered"
-                    if rec["type"] == "stage_started" and rec.get("stage") == "capture":
-                        source_fps = float(rec.get("fps") or 0.0)
-            if frames_in.sock in ready:
-                msg = frames_in.recv(0)
-                if isinstance(msg, EndOfStream):
-                    frames_done = True
-                elif msg is not None:
-                    now = time.time()
-                    for rec in records(msg, now):
-                        log.write(rec)
-                    recent.append(now)  # frames arrive in batches: rate over a window, not per interval
-                    while now - recent[0] > 2.0:
-                        recent.popleft()
-                    fps = (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6) if len(recent) > 1 else 0.0
-                    frames += 1
-                    if display.active:
-                        hud = [f"{fps:5.1f} fps  frame {msg.index}", f"dropped {dropped}  rejected "
-                               f"{frames_in.rejected + events_in.rejected}", f"classes found {classes}"]
-                        display.show(draw(msg, hud), source_fps)
+                hud.on_frame(now)
+                frames += 1
+                if display.active:
+                    display.show(draw(msg, hud.lines(msg.index, frames_in.rejected + events_in.rejected)),
+                                 hud.source_fps)
         while (msg := events_in.recv(100)) is not None:  # late stage_stopped records
             if isinstance(msg, Event):
                 log.write(msg.record)
