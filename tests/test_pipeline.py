@@ -101,3 +101,28 @@ def test_signal_drains_and_shuts_down_cleanly(bikes_video, tmp_path, sig):
     capture = next(r for r in recs if r["type"] == "stage_stopped" and r["stage"] == "capture")
     assert capture["reason"] == "stopped" and capture["frames"] == len(frames)
     assert_nothing_left(recs, before)
+
+
+def test_restart_with_memory_keeps_discovered_and_renamed_classes(bikes_video, tmp_path):
+    memory = tmp_path / "classes.npz"
+    common = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
+              "--memory", str(memory), "--max-frames", "40", "--set", "gate.track=false",
+              "--set", "cluster.min_size=4", "--set", "cluster.period_s=0.2", "--set", "cluster.min_new=4"]
+    first = subprocess.run(common + ["--events", str(tmp_path / "1.jsonl")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=240)
+    assert first.returncode == 0, first.stderr[-2000:]
+    found = [r["class"] for r in records(tmp_path / "1.jsonl") if r["type"] == "class_discovered"]
+    assert found and memory.exists()
+    assert list((tmp_path / "classes.npz.crops" / found[0]).glob("*.png"))  # examples to name it by
+
+    rename = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "classes", "rename", found[0],
+                             "cyclist", "--memory", str(memory)], cwd=ROOT, capture_output=True, text=True)
+    assert rename.returncode == 0, rename.stderr
+
+    second = subprocess.run(common + ["--events", str(tmp_path / "2.jsonl")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-2000:]
+    recs = records(tmp_path / "2.jsonl")
+    first_new = min([r["ts"] for r in recs if r["type"] == "class_discovered"], default=float("inf"))
+    early = [r for r in recs if r["type"] == "detection" and r["ts"] < first_new]
+    assert any(r["label"] == "cyclist" for r in early), "the renamed class was not recognised after restart"
