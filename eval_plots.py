@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 COLOURS = ((200, 80, 30), (40, 150, 40), (30, 60, 220), (160, 40, 160), (20, 160, 200))  # BGR
-W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 420, 60, 20, 40, 50
+W, H, LEFT, RIGHT, TOP, BOTTOM = 640, 440, 60, 20, 60, 50
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -35,7 +35,7 @@ def line_plot(path: str | Path, x: Sequence[float], series: dict[str, Sequence[f
         label = f"{t:g}"
         cv2.putText(img, label, (u - 4 * len(label), H - BOTTOM + 18), FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.rectangle(img, (LEFT, TOP), (W - RIGHT, H - BOTTOM), (0, 0, 0), 1)
-    cv2.putText(img, title, (LEFT, TOP - 14), FONT, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, title, (LEFT, 22), FONT, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, xlabel, (W // 2 - 4 * len(xlabel), H - 10), FONT, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     for k, (name, ys) in enumerate(series.items()):
         colour = COLOURS[k % len(COLOURS)]
@@ -43,9 +43,12 @@ def line_plot(path: str | Path, x: Sequence[float], series: dict[str, Sequence[f
         cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
         for p in pts:
             cv2.circle(img, tuple(int(c) for c in p), 3, colour, -1, cv2.LINE_AA)
-        ly = TOP + 18 + 18 * k  # legend, top right
-        cv2.line(img, (W - RIGHT - 110, ly - 4), (W - RIGHT - 85, ly - 4), colour, 2)
-        cv2.putText(img, name, (W - RIGHT - 78, ly), FONT, 0.45, colour, 1, cv2.LINE_AA)
+    u = LEFT
+    for k, name in enumerate(series):  # legend in one row between title and plot, so it hides no data
+        colour = COLOURS[k % len(COLOURS)]
+        cv2.line(img, (u, TOP - 16), (u + 25, TOP - 16), colour, 2)
+        cv2.putText(img, name, (u + 30, TOP - 12), FONT, 0.45, colour, 1, cv2.LINE_AA)
+        u += 45 + 9 * len(name)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), img):
         raise OSError(f"cannot write plot {path}; check that the --plots folder is writable")

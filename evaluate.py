@@ -264,7 +264,8 @@ def evaluate(args, embedder=None) -> int:
                "grown_seen": result["grown"], **from_rows(rows, seen)}
     if args.plots:
         metrics["sweeps"] = sweeps(x, labels, memory, seen, alpha, set_size, cluster)
-        plot(metrics["sweeps"], Path(args.plots), name)
+        title = f"{name} {options['input_size']}px" if "input_size" in options else name
+        plot(metrics["sweeps"], Path(args.plots), title)
     metrics["seconds"] = {"embed": round(embedded - started, 2), "total": round(time.monotonic() - started, 2)}
     Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
     Path(args.predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))

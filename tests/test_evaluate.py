@@ -80,6 +80,7 @@ def test_evaluator_on_known_folder_matches_hand_computed_metrics(tmp_path):
     expected = 132 * 121 / 276  # pairs: same class 2*C(12,2), same cluster C(12,2)+C(11,2), total C(24,2)
     assert t1["ari"] == pytest.approx((121 - expected) / ((132 + 121) / 2 - expected))
     assert (t1["nmi_oracle"], t1["acc_oracle"], t1["ari_oracle"]) == (1.0, 1.0, 1.0)
+    assert t1["nmi_floor"] == pytest.approx(2 * math.log(2) / (math.log(2) + math.log(24)))  # 24 singletons
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     odd = [r for r in rows if r["true"] == "d" and r["pred"] == "a"]
     assert len(odd) == 1 and odd[0]["cluster"] is None and odd[0]["seen"] is False and odd[0]["distance"] == 0.0
