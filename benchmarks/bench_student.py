@@ -41,7 +41,10 @@ def main() -> int:
     parser.add_argument("--crops", type=int, default=32, help="crops per batch")
     parser.add_argument("--seconds", type=float, default=10.0, help="minimum timing per input size")
     parser.add_argument("--weights", default=None, help="DINO S/16 checkpoint; default: cached official or random")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     weights = args.weights or cache_dir() / "dino_deitsmall16_pretrain.pth"
     official = Path(weights).is_file()
