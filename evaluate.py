@@ -201,8 +201,9 @@ def parse_args(argv):
     p.add_argument("--input-size", type=int, help="embedder input size in pixels")
     p.add_argument("--alpha", type=float)
     p.add_argument("--set-size", type=int, help="classes per embedding set")
-    for flag in ("k", "min-similarity", "dedup-similarity", "min-size"):
-        p.add_argument(f"--{flag}", type=float if "similarity" in flag else int, help=f"cluster.{flag.replace('-', '_')}")
+    for flag in ("k", "min-similarity", "dedup-similarity", "min-size", "anchors"):
+        p.add_argument(f"--{flag}", type=int if flag in ("k", "min-size", "anchors") else float,
+                       help=f"cluster.{flag.replace('-', '_')}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit-per-class", type=int, default=0, help="first N images (sorted) of each class")
     p.add_argument("--json", required=True, help="metrics file to write")
@@ -229,7 +230,7 @@ def evaluate(args, embedder=None) -> int:
     set_size = settings.gate.set_size if args.set_size is None else args.set_size
     if not 0.0 <= alpha <= 1.0 or set_size < 1:
         raise EvalError(f"--alpha must lie in [0, 1] and --set-size be >= 1, got {alpha} and {set_size}")
-    overrides = {f: getattr(args, f) for f in ("k", "min_similarity", "dedup_similarity", "min_size")
+    overrides = {f: getattr(args, f) for f in ("k", "min_similarity", "dedup_similarity", "min_size", "anchors")
                  if getattr(args, f) is not None}
     cluster = dataclasses.replace(settings.cluster, **overrides)
     name = args.embedder or settings.embed.model

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from models.registry import ModelError
 from stages import classes
 from stages.classes import control_endpoint
 from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
@@ -187,7 +188,11 @@ def main(argv: list[str]) -> int:
         from stages import train_student
         parser = argparse.ArgumentParser(prog="run_pipeline.py train-student")
         train_student.add_arguments(parser)
-        return train_student.run(parser.parse_args(argv[1:]))
+        try:
+            return train_student.run(parser.parse_args(argv[1:]))
+        except (ValueError, ModelError, OSError, FloatingPointError) as exc:
+            print(f"owd train-student: {exc}", file=sys.stderr)
+            return 2
     args = parse_args(argv)
     try:
         if args.list_models:

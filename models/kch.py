@@ -22,37 +22,43 @@ def deduplicate(x: np.ndarray, min_similarity: float) -> np.ndarray:
     return np.asarray(keep, np.int64)
 
 
-def knn_clusters(x: np.ndarray, k: int, min_similarity: float, min_size: int,
-                 groups: np.ndarray | None = None, min_groups: int = 1) -> np.ndarray:
-    """x: (N, D) normalized -> cluster label per row (N,) int64, -1 for rows in no cluster.
-
-    Rows i and j are linked when each is among the other's k nearest neighbours and their cosine
-    similarity is at least min_similarity; clusters are the connected components with at least
-    min_size rows coming from at least min_groups distinct groups (e.g. tracks; a group of -1
-    counts as a group of its own). Labels are numbered by decreasing cluster size."""
+def knn_components(x: np.ndarray, k: int, min_similarity: float) -> np.ndarray:
+    """x: (N, D) normalized -> component id per row (N,). Rows i and j are linked when each is among
+    the other's k nearest neighbours and their cosine similarity is at least min_similarity."""
     n = len(x)
-    labels = np.full(n, -1, np.int64)
-    if n < max(min_size, 2):
-        return labels
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    x = np.ascontiguousarray(x, np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
-    index.add(np.ascontiguousarray(x, np.float32))
+    index.add(x)
     kk = min(k + 1, n)
-    sims, nbrs = index.search(np.ascontiguousarray(x, np.float32), kk)  # (N, kk), self included
+    sims, nbrs = index.search(x, kk)  # (N, kk), self included
     rows = np.repeat(np.arange(n), kk)
     cols, vals = nbrs.ravel(), sims.ravel()
     ok = (cols >= 0) & (cols != rows) & (vals >= min_similarity)
     adj = coo_matrix((np.ones(ok.sum(), np.int8), (rows[ok], cols[ok])), shape=(n, n)).tocsr()
     mutual = adj.multiply(adj.T)  # keep i-j only if j in kNN(i) and i in kNN(j)
-    _, comp = connected_components(mutual, directed=False)
-    if groups is None:
-        groups = np.full(n, -1, np.int64)
-    singles = np.arange(n) + int(groups.max(initial=0)) + 1  # a -1 group counts as its own
-    group_ids = np.where(groups >= 0, groups, singles)
-    found = []
-    for c in np.unique(comp):
-        members = np.flatnonzero(comp == c)
-        if len(members) >= min_size and len(np.unique(group_ids[members])) >= min_groups:
-            found.append(members)
+    return connected_components(mutual, directed=False)[1].astype(np.int64)
+
+
+def count_groups(groups: np.ndarray) -> int:
+    """Distinct groups (e.g. tracks) among rows; every -1 (no group) counts as a group of its own."""
+    return len(np.unique(groups[groups >= 0])) + int((groups < 0).sum())
+
+
+def knn_clusters(x: np.ndarray, k: int, min_similarity: float, min_size: int,
+                 groups: np.ndarray | None = None, min_groups: int = 1) -> np.ndarray:
+    """x: (N, D) normalized -> cluster label per row (N,) int64, -1 for rows in no cluster.
+
+    Clusters are the components of knn_components with at least min_size rows coming from at least
+    min_groups distinct groups. Labels are numbered by decreasing cluster size."""
+    labels = np.full(len(x), -1, np.int64)
+    if len(x) < max(min_size, 2):
+        return labels
+    comp = knn_components(x, k, min_similarity)
+    groups = np.full(len(x), -1, np.int64) if groups is None else groups
+    found = [m for m in (np.flatnonzero(comp == c) for c in np.unique(comp))
+             if len(m) >= min_size and count_groups(groups[m]) >= min_groups]
     for label, members in enumerate(sorted(found, key=len, reverse=True)):
         labels[members] = label
     return labels

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import zmq
 
-from models.kch import deduplicate, knn_clusters
-from models.sddc import Gate, centroid_and_radius, save_gate
+from models.kch import count_groups, deduplicate, knn_components
+from models.sddc import Gate, save_gate
 from stages.classes import handle
 from stages.config import ClusterSettings
 from stages.gate import load_memory
@@ -71,39 +71,49 @@ class UnseenBuffer:
 
 def discover(gate: Gate, buffer: UnseenBuffer, s: ClusterSettings, alpha: float,
              examples: dict[str, np.ndarray] | None = None) -> tuple[list[str], list[str]]:
-    """Clusters the buffer; each dense group (members from at least `min_tracks` tracks) either grows
-    the class whose centroid it sits on (its centroid within that class's radius, or the class
-    centroid within the group's) or becomes a new class. Rows that then belong to a class leave the
-    buffer. Returns (new names, grown names); `examples`, if given, receives each such class's member
-    thumbnails."""
+    """Clusters the buffer together with a few anchor members of every known class. A component
+    with at least `min_size` buffer rows from `min_tracks` tracks grows the class whose anchors it
+    contains (the most of them), or becomes a new class when it reaches no class: an unseen group
+    joins a class only when it is density-connected to it, never because centroids happen to be
+    near. Rows that then belong to a class leave the buffer. Returns (new names, grown names);
+    `examples`, if given, receives each such class's member thumbnails."""
     if len(buffer) == 0:
         return [], []
     buffer.keep(gate.classify(buffer.embeddings)[0] < 0)  # rows a class discovered since now covers
     keep = deduplicate(buffer.embeddings, s.dedup_similarity)
-    labels = knn_clusters(buffer.embeddings[keep], s.k, s.min_similarity, s.min_size, buffer.tracks[keep],
-                          min_groups=s.min_tracks)
+    anchors, owners = class_anchors(gate, s.anchors, buffer.embeddings.shape[1])
+    comp = knn_components(np.vstack([buffer.embeddings[keep], anchors]), s.k, s.min_similarity)
+    comp_rows, comp_anchors = comp[:len(keep)], comp[len(keep):]
+    known = list(gate.names)
     new, grown = [], []
-    for c in range(labels.max(initial=-1) + 1):
-        rows = keep[labels == c]
-        members = buffer.embeddings[rows]
-        centroid, radius = centroid_and_radius(members, alpha)
-        if len(gate):
-            d = np.linalg.norm(gate.centroids - centroid, axis=1)
-            i = int(np.argmin(d))
-            if d[i] <= max(gate.radii[i], radius):
-                gate.grow(i, members, alpha, s.max_members)
-                grown.append(gate.names[i])
-                if examples is not None and buffer.thumbs is not None:
-                    examples[gate.names[i]] = buffer.thumbs[rows]
-                continue
-        name = _next_name(gate)
-        gate.add_members(name, members[-s.max_members:], alpha)
-        new.append(name)
+    for c in np.unique(comp_rows):
+        rows = keep[comp_rows == c]
+        if len(rows) < s.min_size or count_groups(buffer.tracks[rows]) < s.min_tracks:
+            continue
+        members, reached = buffer.embeddings[rows], owners[comp_anchors == c]
+        if len(reached):
+            name = known[int(np.bincount(reached).argmax())]
+            gate.grow(gate.names.index(name), members, alpha, s.max_members)
+            grown.append(name)
+        else:
+            name = _next_name(gate)
+            gate.add_members(name, members[-s.max_members:], alpha)
+            new.append(name)
         if examples is not None and buffer.thumbs is not None:
             examples[name] = buffer.thumbs[rows]
     if new or grown:
         buffer.keep(gate.classify(buffer.embeddings)[0] < 0)
     return new, sorted(set(grown))
+
+
+def class_anchors(gate: Gate, per_class: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The newest `per_class` member embeddings of each class (its centroid when members are
+    unknown) and the class index of each: (A, D), (A,)."""
+    parts = [m[-per_class:] if len(m) else gate.centroids[i:i + 1] for i, m in enumerate(gate.members)]
+    if not parts:
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+    owners = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(parts)])
+    return np.vstack(parts).astype(np.float32), owners
 
 
 def _next_name(gate: Gate) -> str:

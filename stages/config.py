@@ -69,6 +69,7 @@ class ClusterSettings:
     min_similarity: float = 0.8  # cosine similarity for a kNN edge
     dedup_similarity: float = 0.97  # near-identical embeddings count once
     min_size: int = 8            # members (after de-duplication) for a new class
+    anchors: int = 32            # members per known class clustered with the buffer (a group they reach grows it)
     max_members: int = 256       # member embeddings kept per class to recompute centroid and radius
     per_track: int = 3           # representative views kept per track in the buffer
     min_tracks: int = 3          # a new class needs members from this many tracks (untracked rows count 1 each)

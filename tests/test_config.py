@@ -62,6 +62,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (["--source", "x.mp4", "--set", "detect.batch_size=many"], "detect.batch_size"),
     (["--source", "x.mp4", "--set", "nokey"], "KEY=VALUE"),
     ([], "no source"),
+    (["train-student", "--crops", "/nonexistent", "--out", "/tmp/owd-never.pth"], "is not a folder"),
+    (["classes", "list", "--memory", "/nonexistent/m.npz"], "no class memory"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, words):
     result = run_cli(*args)
@@ -76,6 +78,11 @@ def test_cli_unknown_model_and_missing_weights(bikes_video, tmp_path):
     assert "ssd_mobilenet_v2" in result.stderr  # the known ones are listed
     result = run_cli("--source", str(bikes_video), "--embedder-weights", str(tmp_path / "none.pth"))
     assert result.returncode == 2 and "embed.weights" in result.stderr
+
+
+def test_cli_bad_gallery(bikes_video, tmp_path):
+    result = run_cli("--source", str(bikes_video), "--gallery", str(tmp_path / "none"))
+    assert result.returncode == 2 and "gallery" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_unopenable_camera_is_exit_2():
