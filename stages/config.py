@@ -66,10 +66,10 @@ class ClusterSettings:
     period_s: float = 2.0        # cluster at most this often
     min_new: int = 16            # ... and only after this many new unseen embeddings
     k: int = 10                  # neighbours in the kNN graph
-    min_similarity: float = 0.8  # cosine similarity for a kNN edge
-    dedup_similarity: float = 0.97  # near-identical embeddings count once
-    min_size: int = 8            # members (after de-duplication) for a new class
-    anchors: int = 32            # members per known class clustered with the buffer (a group they reach grows it)
+    min_similarity: float = 0.6  # cosine similarity for a kNN edge
+    dedup_similarity: float = 0.95  # near-identical embeddings count once
+    min_size: int = 6            # members (after de-duplication) for a new class
+    anchors: int = 8             # members per known class clustered with the buffer (a group they reach grows it)
     max_members: int = 256       # member embeddings kept per class to recompute centroid and radius
     per_track: int = 3           # representative views kept per track in the buffer
     min_tracks: int = 3          # a new class needs members from this many tracks (untracked rows count 1 each)
