@@ -79,7 +79,8 @@ def overrides(args: argparse.Namespace, config: Settings) -> dict:
 
 
 def check(settings: Settings) -> None:
-    """Mistakes worth catching before six processes start; each raises ConfigError."""
+    """Mistakes worth catching before six processes start (each raises ConfigError), and the
+    folders of the output files."""
     source = settings.capture.source
     if not source:
         raise ConfigError("no source: pass --source VIDEO|FOLDER|CAMERA_INDEX|URL")
@@ -89,6 +90,12 @@ def check(settings: Settings) -> None:
         if path and path != "random" and not Path(path).exists():  # "random": untrained weights (benchmarks)
             raise ConfigError(f"{key}: weights file {path} does not exist")
     # Model names are checked by the model stages themselves, so this process never imports torch.
+    for path in (settings.sink.events, settings.sink.save, settings.gate.memory):
+        if path:
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the folder for {path}: {exc.strerror}") from None
 
 
 def with_endpoints(settings: Settings, run_dir: str) -> Settings:

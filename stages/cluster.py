@@ -108,8 +108,9 @@ def discover(gate: Gate, buffer: UnseenBuffer, s: ClusterSettings, alpha: float,
 
 def class_anchors(gate: Gate, per_class: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """The newest `per_class` member embeddings of each class (its centroid when members are
-    unknown) and the class index of each: (A, D), (A,)."""
-    parts = [m[-per_class:] if len(m) else gate.centroids[i:i + 1] for i, m in enumerate(gate.members)]
+    unknown) and the class index of each: (A, D), (A,). per_class 0: no anchors, nothing ever grows."""
+    parts = [m[max(len(m) - per_class, 0):] if len(m) else gate.centroids[i:i + per_class]
+             for i, m in enumerate(gate.members)] if per_class > 0 else []
     if not parts:
         return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
     owners = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(parts)])

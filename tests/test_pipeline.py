@@ -104,7 +104,7 @@ def test_signal_drains_and_shuts_down_cleanly(bikes_video, tmp_path, sig):
 
 
 def test_restart_with_memory_keeps_discovered_and_renamed_classes(bikes_video, tmp_path):
-    memory = tmp_path / "classes.npz"
+    memory = tmp_path / "new folder" / "classes.npz"  # created by the run
     common = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
               "--memory", str(memory), "--max-frames", "40", "--set", "gate.track=false",
               "--set", "cluster.min_size=4", "--set", "cluster.period_s=0.2", "--set", "cluster.min_new=4"]
@@ -113,7 +113,7 @@ def test_restart_with_memory_keeps_discovered_and_renamed_classes(bikes_video, t
     assert first.returncode == 0, first.stderr[-2000:]
     found = [r["class"] for r in records(tmp_path / "1.jsonl") if r["type"] == "class_discovered"]
     assert found and memory.exists()
-    assert list((tmp_path / "classes.npz.crops" / found[0]).glob("*.png"))  # examples to name it by
+    assert list((memory.parent / "classes.npz.crops" / found[0]).glob("*.png"))  # examples to name it by
 
     rename = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "classes", "rename", found[0],
                              "cyclist", "--memory", str(memory)], cwd=ROOT, capture_output=True, text=True)

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Replays a video's detections and embeddings through the gate, tracker and clustering to tune cluster settings.
+
+    python benchmarks/replay_clustering.py [--source vtest.avi] [--cache out/replay.npz]
+           [--set min_similarity=0.6,0.7 --set min_size=4,6 ...]
+
+Detections and embeddings are computed once with the config's models (cached), then every combination
+of the given ClusterSettings values is replayed with clustering every --period frames, as the cluster
+stage would. Printed per combination: classes found, the share of each detector class's boxes labelled
+with some class over the second half of the video, and purity (per found class, the share of its boxes
+that carry its majority detector class; mean over classes). The detector's COCO class is only used to
+score, never by the clustering.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import sys
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.registry import DETECTORS, EMBEDDERS  # noqa: E402
+from models.sddc import UNSEEN, Gate  # noqa: E402
+from models.tracks import BoxTracker, LabelVotes  # noqa: E402
+from stages.cluster import UnseenBuffer, discover  # noqa: E402
+from stages.config import ClusterSettings, load  # noqa: E402
+from stages.detect import detect  # noqa: E402
+from stages.embed import embed  # noqa: E402
+from stages.gate import label  # noqa: E402
+from stream.messages import Frame, FrameEmbeddings  # noqa: E402
+
+VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
+
+
+def compute(settings, source: str, cache: Path) -> None:
+    d, e = settings.detect, settings.embed
+    det = DETECTORS.create(d.model, weights=d.weights, device=d.device, **d.options)
+    emb = EMBEDDERS.create(e.model, weights=e.weights, device=e.device, **e.options)
+    cap = cv2.VideoCapture(source)
+    rows = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        rows.append(embed(emb, detect(det, [Frame(source, len(rows), 0.0, image)], d.score_threshold, d.min_box))[0])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, n=np.array([len(m) for m in rows]), xyxy=np.concatenate([m.xyxy for m in rows]),
+             scores=np.concatenate([m.scores for m in rows]), labels=np.array([x for m in rows for x in m.det_labels]),
+             emb=np.concatenate([m.embeddings for m in rows]), shape=np.array(image.shape if rows else (1, 1, 3)))
+
+
+def replay(data, s: ClusterSettings, alpha: float, period: int) -> tuple[int, dict[str, float], float]:
+    n, offsets = data["n"], np.concatenate([[0], np.cumsum(data["n"])])
+    image = np.zeros(tuple(data["shape"]), np.uint8)
+    gate, tracker, votes = Gate.empty(), BoxTracker(), LabelVotes()
+    buffer = UnseenBuffer(s.buffer_size, s.per_track, s.dedup_similarity)
+    late = []  # (label, detector class) over the second half
+    for f in range(len(n)):
+        a, b = offsets[f], offsets[f + 1]
+        msg = FrameEmbeddings("replay", f, 0.0, image, data["xyxy"][a:b], data["scores"][a:b],
+                              tuple(data["labels"][a:b]), data["emb"][a:b])
+        labeled, unseen = label(gate, msg, tracker, votes, thumb=8)
+        if len(unseen):
+            buffer.add(unseen)
+        if f % period == period - 1:
+            discover(gate, buffer, s, alpha)
+        if f >= len(n) // 2:
+            late += list(zip(labeled.labels, labeled.det_labels))
+    coverage = {c: float(np.mean([lab != UNSEEN for lab, dc in late if dc == c]))
+                for c, _ in Counter(dc for _, dc in late).most_common(3)}
+    purity = [cnt.most_common(1)[0][1] / sum(cnt.values())
+              for cnt in (Counter(dc for lab, dc in late if lab == name) for name in gate.names) if cnt]
+    return len(gate), coverage, float(np.mean(purity)) if purity else float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default=VTEST)
+    p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    p.add_argument("--cache", default=str(ROOT / "out" / "replay.npz"))
+    p.add_argument("--period", type=int, default=25, help="frames between clustering runs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", help="ClusterSettings values to sweep")
+    args = p.parse_args()
+    settings = load(args.config)
+    cache = Path(args.cache)
+    if not cache.exists():
+        compute(settings, args.source, cache)
+    data = dict(np.load(cache))
+    grid = {k: [type(getattr(settings.cluster, k))(v) for v in vals.split(",")]
+            for k, _, vals in (item.partition("=") for item in args.set)}
+    print(f"{args.source}: {len(data['n'])} frames, {int(data['n'].sum())} boxes; base {settings.cluster}")
+    for values in itertools.product(*grid.values()) if grid else [()]:
+        s = dataclasses.replace(settings.cluster, **dict(zip(grid, values)))
+        classes, coverage, purity = replay(data, s, settings.gate.alpha, args.period)
+        cov = "  ".join(f"{c} {v:.2f}" for c, v in coverage.items())
+        print(f"{dict(zip(grid, values))}  classes {classes:3d}  labelled: {cov}  purity {purity:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
