@@ -36,11 +36,7 @@ class Registry:
     def _load(self) -> None:
         if not self._loaded:
             for module in self._modules:
-                try:
-                    importlib.import_module(module)
-                except ModuleNotFoundError as exc:  # TEMP: until diffusiondet/student land
-                    if exc.name != module:
-                        raise
+                importlib.import_module(module)
             self._loaded = True
 
     def names(self) -> list[str]:

@@ -7,9 +7,8 @@ import zmq
 from models.detections import Detector
 from models.registry import DETECTORS
 from stages.process import StageProcess, limit_threads
-from stream.batching import collect
 from stream.messages import EndOfStream, Frame, FrameDetections
-from stream.sockets import Inbox, send
+from stream.sockets import Inbox
 
 
 def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box: int) -> list[FrameDetections]:
@@ -31,15 +30,8 @@ def run(stage: StageProcess) -> int:
     inbox = Inbox(stage.socket(zmq.PULL, "frames", bind=False), "detect", (Frame, EndOfStream))
     out = stage.socket(zmq.PUSH, "detections", bind=True)
     stage.started(model=s.model, batch_size=s.batch_size)
-    frames = 0
-    while True:
-        batch, eos = collect(inbox, s.batch_size, s.batch_timeout_ms)
-        for msg in detect(model, batch, s.score_threshold, s.min_box):
-            send(out, msg)
-        frames += len(batch)
-        if eos is not None:
-            send(out, eos)
-            break
+    frames = stage.relay_batches(inbox, out, s.batch_size, s.batch_timeout_ms,
+                                 lambda batch: detect(model, batch, s.score_threshold, s.min_box))
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
     return 0
 

@@ -7,9 +7,8 @@ import zmq
 from models.detections import Embedder
 from models.registry import EMBEDDERS
 from stages.process import StageProcess, limit_threads
-from stream.batching import collect
 from stream.messages import EndOfStream, FrameDetections, FrameEmbeddings
-from stream.sockets import Inbox, send
+from stream.sockets import Inbox
 
 
 def crop(image: np.ndarray, xyxy: np.ndarray) -> list[np.ndarray]:
@@ -41,14 +40,6 @@ def run(stage: StageProcess) -> int:
     inbox = Inbox(stage.socket(zmq.PULL, "detections", bind=False), "embed", (FrameDetections, EndOfStream))
     out = stage.socket(zmq.PUSH, "embeddings", bind=True)
     stage.started(model=s.model, dim=model.dim)
-    frames = 0
-    while True:
-        batch, eos = collect(inbox, s.batch_frames, s.batch_timeout_ms)
-        for msg in embed(model, batch):
-            send(out, msg)
-        frames += len(batch)
-        if eos is not None:
-            send(out, eos)
-            break
+    frames = stage.relay_batches(inbox, out, s.batch_frames, s.batch_timeout_ms, lambda batch: embed(model, batch))
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
     return 0

@@ -10,6 +10,7 @@ import sys
 import zmq
 
 from stages.config import Settings
+from stream.batching import collect
 from stream.events import event
 from stream.sockets import open_socket, send
 
@@ -70,6 +71,19 @@ class StageProcess:
 
     def emit(self, type_: str, **fields) -> None:
         send(self.events, event(type_, stage=self.name, **fields))
+
+    def relay_batches(self, inbox, out: zmq.Socket, max_items: int, timeout_ms: int, step) -> int:
+        """The loop of a batching stage: collect up to max_items messages (or timeout_ms), send what
+        step(batch) returns, forward the end of stream and return how many messages came in."""
+        count = 0
+        while True:
+            batch, eos = collect(inbox, max_items, timeout_ms)
+            for msg in step(batch):
+                send(out, msg)
+            count += len(batch)
+            if eos is not None:
+                send(out, eos)
+                return count
 
     def started(self, **fields) -> None:
         self.emit("stage_started", pid=os.getpid(), **fields)

@@ -28,6 +28,16 @@ def vtest_video() -> Path:
     return VTEST
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy CI machine cost 5x."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def frame_fields(index: int = 0, h: int = 48, w: int = 64) -> dict:
     rng = np.random.default_rng(index)
     return {"source": "test", "index": index, "ts": 1000.0 + index,

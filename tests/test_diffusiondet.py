@@ -19,13 +19,7 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 KEYS_TSV = REFERENCE / "diffdet_coco_res50.keys.tsv"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy CI machine cost 5x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def frames(*shapes, seed=0):

@@ -21,13 +21,7 @@ TINY = DinoConfig(out_dim=64, hidden_dim=32, bottleneck_dim=16, global_size=32, 
                   lr=2.0, precision="fp32", drop_path_rate=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared; oversubscribed threads make tiny models 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def random_crops(sizes):
