@@ -1,6 +1,7 @@
 """A real stage process (the gate): malformed input is counted and skipped, class updates apply live."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -17,10 +18,23 @@ from stream.sockets import Inbox, open_socket, send
 DIM = 8
 
 
-@pytest.fixture
-def gate_process(tmp_path):
-    """Starts `python -m stages gate`; the test holds the other end of every socket."""
-    endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ENDPOINT_NAMES}
+def free_tcp_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in socks]
+    for sock in socks:
+        sock.close()
+    return ports
+
+
+@pytest.fixture(params=["ipc", "tcp"])
+def gate_process(tmp_path, request):
+    """Starts `python -m stages gate`; the test holds the other end of every socket (ipc or loopback tcp)."""
+    if request.param == "ipc":
+        endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ENDPOINT_NAMES}
+    else:
+        endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in zip(ENDPOINT_NAMES, free_tcp_ports(len(ENDPOINT_NAMES)))}
     # untracked: every unseen box goes to clustering at once (tracking is tested in test_tracks.py)
     settings = Settings(gate=GateSettings(track=False), transport=TransportSettings(endpoints=endpoints))
     ctx = zmq.Context()
