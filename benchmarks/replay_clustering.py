@@ -53,7 +53,7 @@ def compute(settings, source: str, cache: Path) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, n=np.array([len(m) for m in rows]), xyxy=np.concatenate([m.xyxy for m in rows]),
              scores=np.concatenate([m.scores for m in rows]), labels=np.array([x for m in rows for x in m.det_labels]),
-             emb=np.concatenate([m.embeddings for m in rows]), shape=np.array(image.shape if rows else (1, 1, 3)))
+             emb=np.concatenate([m.embeddings for m in rows]), shape=np.array(rows[0].image.shape))
 
 
 def replay(data, s: ClusterSettings, alpha: float, period: int) -> tuple[int, dict[str, float], float]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -19,54 +18,73 @@ from stream.messages import ClassUpdate, EndOfStream, UnseenBatch
 from stream.sockets import Inbox, send
 
 
-@dataclass
 class UnseenBuffer:
     """The newest `capacity` unseen embeddings, the track each came from and its thumbnail.
 
     A track keeps at most `per_track` rows (0 = no limit), and a new row of a track joins only if it
     differs from that track's kept rows (cosine below `similar`): one object crossing the scene is a
-    few representative views, not hundreds of frames."""
-    capacity: int
-    per_track: int = 0
-    similar: float = 1.0
-    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (M, D)
-    tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))            # (M,)
-    thumbs: np.ndarray | None = None                                                     # (M, T, T, 3) uint8
+    few representative views, not hundreds of frames. Rows live in lists (adding is per box, on the
+    hot path); the arrays are built when clustering asks for them."""
+
+    def __init__(self, capacity: int, per_track: int = 0, similar: float = 1.0):
+        self.capacity, self.per_track, self.similar = capacity, per_track, similar
+        self._rows: list[tuple[np.ndarray, int, np.ndarray | None]] = []  # (embedding (D,), track, thumb)
+        self._by_track: dict[int, list[np.ndarray]] = {}  # track -> its kept embeddings
+        self._arrays = None
 
     def add(self, batch: UnseenBatch) -> None:
-        if len(self.embeddings) == 0:
-            self.embeddings = np.zeros((0, batch.embeddings.shape[1]), np.float32)
-            self.thumbs = None if batch.thumbs is None else batch.thumbs[:0]
-        if batch.embeddings.shape[1] != self.embeddings.shape[1]:
+        if self._rows and batch.embeddings.shape[1] != self._rows[0][0].shape[0]:
             raise ValueError(f"unseen embeddings of dim {batch.embeddings.shape[1]}, buffer holds "
-                             f"{self.embeddings.shape[1]}")
+                             f"{self._rows[0][0].shape[0]}")
         for i in range(len(batch)):
             self._add_row(batch.embeddings[i], int(batch.track[i]), None if batch.thumbs is None else batch.thumbs[i])
-        overflow = len(self.embeddings) - self.capacity
-        if overflow > 0:
-            self.keep(np.arange(len(self.embeddings)) >= overflow)
+        if len(self._rows) > self.capacity:
+            self.keep(np.arange(len(self._rows)) >= len(self._rows) - self.capacity)
 
     def _add_row(self, x: np.ndarray, track: int, thumb: np.ndarray | None) -> None:
         if track >= 0 and self.per_track:
-            mine = np.flatnonzero(self.tracks == track)
-            if len(mine) and float((self.embeddings[mine] @ x).max()) >= self.similar:
+            mine = self._by_track.setdefault(track, [])
+            if mine and float((np.stack(mine) @ x).max()) >= self.similar:
                 return  # a view of this track we already have
-            if len(mine) >= self.per_track:
-                self.keep(np.arange(len(self.embeddings)) != mine[0])  # replace the track's oldest view
-        self.embeddings = np.vstack([self.embeddings, x[None]])
-        self.tracks = np.append(self.tracks, track)
-        if self.thumbs is not None and thumb is not None:
-            self.thumbs = np.concatenate([self.thumbs, thumb[None]])
-        else:
-            self.thumbs = None
+            if len(mine) >= self.per_track:  # replace the track's oldest view
+                oldest = next(i for i, row in enumerate(self._rows) if row[1] == track)
+                del self._rows[oldest]
+                mine.pop(0)
+            mine.append(x)
+        self._rows.append((x, track, thumb))
+        self._arrays = None
 
     def keep(self, mask: np.ndarray) -> None:
-        self.embeddings, self.tracks = self.embeddings[mask], self.tracks[mask]
-        if self.thumbs is not None:
-            self.thumbs = self.thumbs[mask]
+        self._rows = [row for row, k in zip(self._rows, mask) if k]
+        self._by_track = {}
+        for x, track, _ in self._rows:
+            if track >= 0:
+                self._by_track.setdefault(track, []).append(x)
+        self._arrays = None
+
+    def _build(self):
+        if self._arrays is None:
+            dim = self._rows[0][0].shape[0] if self._rows else 0
+            thumbs = [t for _, _, t in self._rows]
+            self._arrays = (np.stack([x for x, _, _ in self._rows]) if self._rows else np.zeros((0, dim), np.float32),
+                            np.array([t for _, t, _ in self._rows], np.int64),
+                            np.stack(thumbs) if thumbs and all(t is not None for t in thumbs) else None)
+        return self._arrays
+
+    @property
+    def embeddings(self) -> np.ndarray:  # (M, D) float32
+        return self._build()[0]
+
+    @property
+    def tracks(self) -> np.ndarray:  # (M,) int64
+        return self._build()[1]
+
+    @property
+    def thumbs(self) -> np.ndarray | None:  # (M, T, T, 3) uint8, None unless every row has one
+        return self._build()[2]
 
     def __len__(self) -> int:
-        return len(self.embeddings)
+        return len(self._rows)
 
 
 def discover(gate: Gate, buffer: UnseenBuffer, s: ClusterSettings, alpha: float,

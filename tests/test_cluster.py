@@ -101,9 +101,8 @@ def test_buffer_keeps_a_few_distinct_views_per_track():
 
 def test_new_class_needs_several_tracks():
     x, _ = blobs(30, 1, seed=5)
-    buf = UnseenBuffer(capacity=1000)
-    buf.add(UnseenBatch("t", 0, x.astype(np.float32), np.repeat(np.arange(2), 15)))  # two tracks only
     gate = Gate.empty(DIM)
-    assert discover(gate, buf, settings(min_tracks=3), alpha=0.75) == ([], [])
-    buf.tracks[:] = np.arange(30) % 3
-    assert discover(gate, buf, settings(min_tracks=3), alpha=0.75)[0] == ["novel-1"]
+    for tracks, found in ((np.repeat(np.arange(2), 15), []), (np.arange(30) % 3, ["novel-1"])):
+        buf = UnseenBuffer(capacity=1000)
+        buf.add(UnseenBatch("t", 0, x.astype(np.float32), tracks.astype(np.int64)))
+        assert discover(gate, buf, settings(min_tracks=3), alpha=0.75)[0] == found
