@@ -1,9 +1,13 @@
-"""Shared fixtures: real sample videos (skipped with a reason where absent) and message builders."""
+"""Shared fixtures: real sample videos (skipped with a reason where absent), an HTTP stream, message builders."""
 from __future__ import annotations
 
+import functools
+import http.server
 import importlib.util
+import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -36,6 +40,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def http_video(tmp_path):
+    """A 120-frame MJPG AVI served over HTTP on loopback: a real network stream for the live path."""
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (160, 120))
+    for i in range(120):
+        writer.write(np.full((120, 160, 3), i * 2, np.uint8))
+    writer.release()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/clip.avi"
+    server.shutdown()
+    server.server_close()
 
 
 def frame_fields(index: int = 0, h: int = 48, w: int = 64) -> dict:

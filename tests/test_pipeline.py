@@ -126,3 +126,21 @@ def test_restart_with_memory_keeps_discovered_and_renamed_classes(bikes_video, t
     first_new = min([r["ts"] for r in recs if r["type"] == "class_discovered"], default=float("inf"))
     early = [r for r in recs if r["type"] == "detection" and r["ts"] < first_new]
     assert any(r["label"] == "cyclist" for r in early), "the renamed class was not recognised after restart"
+
+
+def test_live_stream_drops_stale_frames_and_reports_every_drop(http_video, tmp_path):
+    events = tmp_path / "ev.jsonl"
+    result = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "--source", http_video, "--headless",
+                             "--events", str(events), "--max-frames", "15"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    recs = records(events)
+    frames = [r["frame"] for r in recs if r["type"] == "frame"]
+    dropped = [i for r in recs if r["type"] == "frame_dropped" for i in r["frames"]]
+    capture = next(r for r in recs if r["type"] == "stage_stopped" and r["stage"] == "capture")
+    assert len(frames) == capture["frames"] == 15 and frames == sorted(frames)
+    assert dropped, "the stream outpaces the pipeline, so frames must have been dropped and reported"
+    assert not set(frames) & set(dropped)
+    assert sorted(frames + dropped)[:len(frames) + len(dropped)] == list(range(max(frames + dropped) + 1))
+    totals = [r["total"] for r in recs if r["type"] == "frame_dropped"]
+    assert totals[-1] == len(dropped)

@@ -63,28 +63,6 @@ def test_live_source_keeps_the_freshest_frame_and_reports_drops(bikes_video):
     assert sorted(taken + dropped) == list(range(max(taken) + 1))  # every frame read is accounted for
 
 
-@pytest.fixture
-def http_video(tmp_path):
-    """A 120-frame MJPG AVI served over HTTP on loopback: a real network stream for the live path."""
-    import functools
-    import http.server
-    import threading
-
-    path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (160, 120))
-    for i in range(120):
-        writer.write(np.full((120, 160, 3), i * 2, np.uint8))
-    writer.release()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/clip.avi"
-    server.shutdown()
-    server.server_close()
-
-
 def test_http_stream_is_a_live_source(http_video):
     source = open_source(http_video)
     assert isinstance(source, LiveSource) and source.live
