@@ -42,6 +42,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+url_server: dict[str, http.server.HTTPServer] = {}
+
+
 @pytest.fixture
 def http_video(tmp_path):
     """A 120-frame MJPG AVI served over HTTP on loopback: a real network stream for the live path."""
@@ -55,7 +58,9 @@ def http_video(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/clip.avi"
+    url = f"http://127.0.0.1:{server.server_port}/clip.avi"
+    url_server[url] = server  # a test may stop the server to kill the stream
+    yield url
     server.shutdown()
     server.server_close()
 

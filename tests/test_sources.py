@@ -84,3 +84,19 @@ def test_http_stream_is_a_live_source(http_video):
 def test_unreachable_url_is_a_source_error():
     with pytest.raises(SourceError, match="cannot open"):
         open_source("http://127.0.0.1:9/none.avi")
+
+
+def test_a_stream_that_dies_ends_after_the_reconnect_window(http_video):
+    from conftest import url_server
+    source = LiveSource(http_video, name="dying", reconnect_s=1.0)
+    try:
+        latest, _ = source.take(timeout=2.0)
+        assert latest is not None
+        url_server[http_video].shutdown()  # the camera goes away
+        url_server[http_video].server_close()
+        deadline = time.monotonic() + 10
+        while not source.ended and time.monotonic() < deadline:
+            source.take(timeout=0.2)
+        assert source.ended
+    finally:
+        source.close()
