@@ -146,9 +146,9 @@ class Supervisor:
         failed: dict[str, int] = {}
         while True:
             codes = {name: p.poll() for name, p in self.procs.items()}
+            failed = {n: c for n, c in codes.items() if c not in (None, 0)}
             if all(c is not None for c in codes.values()):
                 break
-            failed = {n: c for n, c in codes.items() if c not in (None, 0)}
             now = time.monotonic()
             if codes.get("sink") == 0 and sink_done_at is None:
                 sink_done_at = now  # the stream is over or the window was closed
