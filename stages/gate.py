@@ -98,7 +98,9 @@ def run(stage: StageProcess) -> int:
             send(to_sink, msg)
             break
         if msg is not None:
-            tracker = trackers.setdefault(msg.source, BoxTracker()) if s.track else None
+            if s.track and msg.source not in trackers:
+                trackers[msg.source] = BoxTracker()
+            tracker = trackers.get(msg.source)
             labeled, unseen = label(gate, msg, tracker, votes, s.thumb)
             send(to_sink, labeled)
             if len(unseen):
