@@ -44,41 +44,41 @@ def test_unopenable_sources(tmp_path, name, kind, words):
         open_source(str(path))
 
 
-def test_live_source_keeps_the_freshest_frame_and_reports_drops(bikes_video):
-    # A file read as a live stream decodes far faster than we take frames, so most are dropped.
-    source = LiveSource(str(bikes_video), name="live-test")
-    taken, dropped = [], []
+def take_slowly(source: LiveSource, takes: int) -> tuple[list[int], list[int], list[tuple]]:
+    """(indices taken, indices reported dropped, image shapes) over `takes` takes 20 ms apart; closes the source."""
+    taken, dropped, shapes = [], [], []
     try:
-        for _ in range(20):
+        for _ in range(takes):
             time.sleep(0.02)
-            latest, skipped = source.take(timeout=1.0)
+            latest, skipped = source.take(timeout=2.0)
             if latest is not None:
                 taken.append(latest[0])
+                shapes.append(latest[2].shape)
             dropped += skipped
     finally:
         source.close()
+    return taken, dropped, shapes
+
+
+def assert_accounted(taken: list[int], dropped: list[int]) -> None:
     assert taken == sorted(taken) and len(set(taken)) == len(taken)
-    assert len(dropped) > len(taken)  # decoding outpaced us: drops happened and were reported
     assert not set(taken) & set(dropped)
     assert sorted(taken + dropped) == list(range(max(taken) + 1))  # every frame read is accounted for
+
+
+def test_live_source_keeps_the_freshest_frame_and_reports_drops(bikes_video):
+    # A file read as a live stream decodes far faster than we take frames, so most are dropped.
+    taken, dropped, _ = take_slowly(LiveSource(str(bikes_video), name="live-test"), 20)
+    assert len(dropped) > len(taken)  # decoding outpaced us: drops happened and were reported
+    assert_accounted(taken, dropped)
 
 
 def test_http_stream_is_a_live_source(http_video):
     source = open_source(http_video)
     assert isinstance(source, LiveSource) and source.live
-    taken, dropped = [], []
-    try:
-        for _ in range(10):
-            time.sleep(0.02)
-            latest, skipped = source.take(timeout=2.0)
-            if latest is not None:
-                taken.append(latest[0])
-                assert latest[2].shape == (120, 160, 3)
-            dropped += skipped
-    finally:
-        source.close()
-    assert taken == sorted(taken) and not set(taken) & set(dropped)
-    assert sorted(taken + dropped) == list(range(max(taken) + 1))
+    taken, dropped, shapes = take_slowly(source, 10)
+    assert_accounted(taken, dropped)
+    assert set(shapes) == {(120, 160, 3)}
 
 
 def test_unreachable_url_is_a_source_error():
