@@ -21,10 +21,10 @@ from models.sddc import Gate, normalize
 from stages.cluster import UnseenBuffer, discover
 from stages.config import ClusterSettings, ConfigError, load
 from stream.messages import UnseenBatch
+from stream.sources import IMAGE_SUFFIXES
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 class EvalError(Exception):
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None, embedder=None) -> int:
 
 def evaluate(args, embedder=None) -> int:
     started = time.monotonic()
-    settings = load(args.config) if args.config else load(None)
+    settings = load(args.config or None)
     alpha = settings.gate.alpha if args.alpha is None else args.alpha
     set_size = settings.gate.set_size if args.set_size is None else args.set_size
     if not 0.0 <= alpha <= 1.0 or set_size < 1:

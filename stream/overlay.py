@@ -1,6 +1,7 @@
 """Draws labeled boxes and a HUD (fps, drops, classes) on a frame for the window and the saved video."""
 from __future__ import annotations
 
+import functools
 import zlib
 
 import cv2
@@ -11,6 +12,7 @@ from stream.messages import LabeledFrame
 UNSEEN_COLOR = (160, 160, 160)  # BGR grey
 
 
+@functools.lru_cache(maxsize=1024)  # called per box per frame
 def class_color(name: str) -> tuple[int, int, int]:
     """A stable, saturated BGR colour per class name."""
     hue = zlib.crc32(name.encode()) % 180

@@ -29,7 +29,7 @@ def labeled(n: int) -> LabeledFrame:
 CASES = {
     "frame": Frame(**frame_fields(1)),
     "detections": FrameDetections(**frame_fields(2), **boxes(3)),
-    "detections-empty": FrameDetections(**frame_fields(2), **boxes(0)),
+    "detections-empty": FrameDetections.empty(Frame(**frame_fields(2))),
     "embeddings": FrameEmbeddings(**frame_fields(2), **boxes(2), embeddings=np.ones((2, 8), np.float32)),
     "embeddings-empty": FrameEmbeddings(**frame_fields(2), **boxes(0), embeddings=np.zeros((0, 8), np.float32)),
     "labeled": labeled(4),
