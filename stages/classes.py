@@ -10,6 +10,7 @@ from pathlib import Path
 import zmq
 
 from models.sddc import Gate, load_gate, save_gate
+from stages.config import memory_crops
 
 COMMANDS = {"list": 0, "rename": 2, "merge": 2, "delete": 1}  # command -> number of class names it takes
 CONTROL_VERSION = 1
@@ -103,7 +104,7 @@ def main(argv: list[str], alpha: float = 0.75, keep: int = 256) -> int:
             return 2
         try:
             gate = load_gate(args.memory)
-            result = execute(gate, args.cmd, args.names, alpha, keep, Path(args.memory + ".crops"))
+            result = execute(gate, args.cmd, args.names, alpha, keep, memory_crops(args.memory))
         except ValueError as exc:
             print(f"owd classes: {exc}", file=sys.stderr)
             return 2

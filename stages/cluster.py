@@ -159,7 +159,7 @@ def run(stage: StageProcess) -> int:
     control = stage.socket(zmq.REP, "control", bind=True)
     gate = load_memory(g.memory, g.set_size)
     buffer = UnseenBuffer(s.buffer_size, s.per_track, s.dedup_similarity)
-    crops_dir = Path(s.crops_dir) if s.crops_dir else Path(g.memory + ".crops") if g.memory else None
+    crops_dir = stage.settings.crops_dir
     version, new_rows, last_run = 0, 0, time.monotonic()
     poller = zmq.Poller()
     poller.register(inbox.sock, zmq.POLLIN)

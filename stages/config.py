@@ -106,12 +106,24 @@ class Settings:
     sink: SinkSettings = field(default_factory=SinkSettings)
     transport: TransportSettings = field(default_factory=TransportSettings)
 
+    @property
+    def crops_dir(self) -> Path | None:
+        """Where each class's example crops go: cluster.crops_dir, else beside the memory file, else nowhere."""
+        if self.cluster.crops_dir:
+            return Path(self.cluster.crops_dir)
+        return memory_crops(self.gate.memory) if self.gate.memory else None
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> "Settings":
         return build(cls, json.loads(text), "")
+
+
+def memory_crops(memory: str) -> Path:
+    """The default example-crop folder of a class memory file: MEMORY.crops/<class>/."""
+    return Path(memory + ".crops")
 
 
 def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Settings:

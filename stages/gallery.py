@@ -51,7 +51,7 @@ def main(settings: Settings, folder: str) -> int:
     gate = load_memory(g.memory, g.set_size)
     names = build(gate, embedder, classes, g.alpha)
     save_gate(gate, g.memory)
-    crops = Path(settings.cluster.crops_dir or g.memory + ".crops")
+    crops = settings.crops_dir
     for name in names:
         (crops / name).mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(classes[name][:settings.cluster.examples]):
