@@ -159,10 +159,12 @@ def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarra
         return np.zeros(0, np.int64)
     _, t = np.unique(tracks, return_inverse=True)
     spread = np.full(t.max() + 1, np.nan)
-    for track in np.unique(tracks[tracks >= 0]):
-        views = x[tracks == track]
-        if len(views) > 1:
-            spread[t[tracks == track][0]] = float(np.sqrt(np.maximum(2 - 2 * (views @ views.T).min(), 0)))
+    order = np.argsort(t, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(t[order]) != 0])
+    for group in np.split(order, starts[1:]):
+        if len(group) > 1 and tracks[group[0]] >= 0:
+            views = x[group]
+            spread[t[group[0]]] = float(np.sqrt(max(2 - 2 * float((views @ views.T).min()), 0.0)))
     fallback = float(np.nanmedian(spread)) if np.isfinite(spread).any() else 0.0
     spread = np.where(np.isnan(spread), fallback, spread)
     rows = np.repeat(np.arange(n), nbrs.shape[1])
@@ -172,8 +174,9 @@ def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarra
     tracked = (tracks[rows] >= 0) & (tracks[cols] >= 0)
     same = tracked & ((tracks[rows] == tracks[cols]) | (dist <= np.minimum(spread[t[rows]], spread[t[cols]])))
     # rows of one track are linked through the track's first row, whether or not they are neighbours
-    first = {int(tr): i for i, tr in reversed(list(enumerate(tracks))) if tr >= 0}
-    chain = np.array([[first[int(tr)], i] for i, tr in enumerate(tracks) if tr >= 0], np.int64).reshape(-1, 2)
+    first = order[starts][np.searchsorted(t[order][starts], t)]   # (N,) first row of each row's group
+    on_track = np.flatnonzero(tracks >= 0)
+    chain = np.stack([first[on_track], on_track], axis=1)
     a = np.concatenate([rows[same], chain[:, 0]])
     b = np.concatenate([cols[same], chain[:, 1]])
     graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
@@ -206,9 +209,7 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     anchors, owners, _ = class_anchors(gate, rules.anchors, x[reps])
     comm_nodes = communities(np.vstack([x[reps], anchors]), rules.k, rules.resolution, rules.seed)
     # every row takes its object's community (the one most of the object's representatives joined)
-    rep_comm = comm_nodes[:len(reps)]
-    obj_comm = {int(o): int(np.bincount(rep_comm[obj[reps] == o]).argmax()) for o in np.unique(obj[reps])}
-    comm = np.array([obj_comm[int(o)] for o in obj], np.int64)
+    comm = _majority(obj, obj[reps], comm_nodes[:len(reps)])
     anchor_comm = comm_nodes[len(reps):]
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
     per_class = np.bincount(owners, minlength=len(gate))
@@ -250,6 +251,15 @@ def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules:
     return target
 
 
+def _majority(groups: np.ndarray, voter_groups: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """Per row of `groups`, the most common vote among the voters of its group (ties: the lowest vote)."""
+    pairs, counts = np.unique(np.stack([voter_groups, votes], axis=1), axis=0, return_counts=True)
+    order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))     # per group: most votes first
+    pairs = pairs[order]
+    best = pairs[np.r_[True, np.diff(pairs[:, 0]) != 0]]        # (G, 2): group, winning vote
+    return best[np.searchsorted(best[:, 0], groups), 1]
+
+
 def _enough(rows: np.ndarray, tracks: np.ndarray, obj: np.ndarray, rules: DiscoveryRules) -> bool:
     t = tracks[rows]
     n_tracks = len(np.unique(t[t >= 0])) + int((t < 0).sum())
@@ -259,12 +269,12 @@ def _enough(rows: np.ndarray, tracks: np.ndarray, obj: np.ndarray, rules: Discov
 
 def _representatives(obj: np.ndarray, per_object: int) -> np.ndarray:
     """Row indices entering the graph: the newest `per_object` rows of each object (all when 0)."""
-    if not per_object:
+    if not per_object or len(obj) == 0:
         return np.arange(len(obj))
-    keep = []
-    for o in np.unique(obj):
-        keep.extend(np.flatnonzero(obj == o)[-per_object:])
-    return np.sort(np.asarray(keep, np.int64))
+    order = np.lexsort((-np.arange(len(obj)), obj))          # by object, newest first
+    starts = np.r_[0, np.flatnonzero(np.diff(obj[order]) != 0) + 1]
+    rank = np.arange(len(obj)) - np.repeat(starts, np.diff(np.r_[starts, len(obj)]))
+    return np.sort(order[rank < per_object])
 
 
 def class_anchors(gate: Gate, per_class: int, near: np.ndarray, top: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
