@@ -12,7 +12,7 @@ import zmq
 from conftest import ROOT
 from models.sddc import Gate, load_gate, normalize, save_gate
 from stages.classes import control_endpoint, execute
-from stages.config import ENDPOINT_NAMES, GateSettings, Settings, TransportSettings
+from stages.config import ENDPOINT_NAMES, GateSettings, Settings, TransportSettings, memory_crops
 from stream.messages import ClassUpdate, EndOfStream, Event
 from stream.sockets import Inbox, open_socket, send
 
@@ -105,3 +105,21 @@ def test_rename_merge_delete_on_a_live_cluster_process(tmp_path):
         for sock in (unseen, classes, events.sock):
             sock.close()
         ctx.term()
+
+
+def test_names_cannot_escape_the_crops_folder(tmp_path):
+    """The traversal from issue 9: rename a class to a path, then delete it — it must stay a name."""
+    path = tmp_path / "data" / "m.npz"
+    path.parent.mkdir()
+    memory(path)
+    (memory_crops(str(path)) / "novel-1").mkdir(parents=True)
+    (memory_crops(str(path)) / "novel-1" / "000.png").write_bytes(b"png")
+    victim = tmp_path / "x"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    escape = "../../x"  # memory_crops(path) / escape is tmp_path / "x"
+    renamed = classes_cli("rename", "novel-1", escape, "--memory", str(path))
+    deleted = classes_cli("delete", escape, "--memory", str(path))
+    assert (victim / "keep.txt").read_text() == "precious" and sorted(victim.iterdir()) == [victim / "keep.txt"]
+    assert renamed.returncode == 2 and "class name" in renamed.stderr and "Traceback" not in renamed.stderr
+    assert deleted.returncode == 2 and load_gate(path).names == ["novel-1", "novel-2", "novel-3"]
