@@ -1,6 +1,7 @@
 """Authenticated transport over real loopback tcp (CurveZMQ + ZAP allow-lists), key files and private ipc sockets."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -209,3 +210,33 @@ def test_capture_process_over_curve_serves_only_its_reader(keys, bikes_video):
             s.close()
         zap.close()
         ctx.term()
+
+
+def test_pipeline_over_curve_with_a_private_run_folder(keys, bikes_video, tmp_path):
+    """The whole pipeline with most endpoints on CURVE tcp and two on ipc: it runs to the end, and while it
+    runs its ipc folder is 0700, its sockets and the control socket beside the memory file are 0600."""
+    ports = dict(zip(["frames", "detections", "embeddings", "classes", "events"], free_tcp_ports(5)))
+    events, memory, tmp = tmp_path / "ev.jsonl", tmp_path / "m.npz", tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
+           "--events", str(events), "--memory", str(memory), "--max-frames", "12", "--set", f"transport.keys={keys}",
+           *[arg for name, port in ports.items() for arg in ("--set", f"transport.endpoints.{name}=tcp://127.0.0.1:{port}")]]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(tmp)))
+    seen: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline and len(seen) < 4:
+            for path in [*tmp.glob("owd-*"), *tmp.glob("owd-*/*"), tmp_path / "m.npz.ctl"]:
+                if path.exists():
+                    seen[path.name if path.parent != tmp else "run folder"] = mode(path)
+            time.sleep(0.05)
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert seen == {"run folder": 0o700, "labeled": 0o600, "unseen": 0o600, "m.npz.ctl": 0o600}
+    with open(events) as f:
+        frames = [r["frame"] for r in map(json.loads, f) if r["type"] == "frame"]
+    assert sorted(frames) == list(range(12))
+    assert mode(memory) == 0o600 and not list(tmp.glob("owd-*"))  # the run folder went with the run
