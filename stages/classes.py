@@ -99,6 +99,10 @@ def main(argv: list[str], alpha: float = 0.75, keep: int = 256) -> int:
     except (ConfigError, OSError) as exc:
         print(f"owd classes: {exc}", file=sys.stderr)
         return 2
+    if reply is None and not endpoint.startswith("ipc://"):  # a pipeline elsewhere would overwrite a local edit
+        print(f"owd classes: no answer from {endpoint} (is the pipeline running, are --keys its transport.keys?)",
+              file=sys.stderr)
+        return 2
     if reply is None:  # no running pipeline: edit the file
         if not Path(args.memory).exists():
             print(f"owd classes: no class memory at {args.memory}", file=sys.stderr)

@@ -13,11 +13,13 @@ import pytest
 import zmq
 
 from conftest import ROOT, frame_fields
-from stages.config import ENDPOINT_NAMES, CaptureSettings, ConfigError, Settings, TransportSettings, load
+from models.sddc import load_gate
+from stages.config import ENDPOINT_NAMES, CaptureSettings, ConfigError, GateSettings, Settings, TransportSettings, load
 from stages.keys import KEY_NAMES, socket_curve
 from stream.messages import EndOfStream, Event, Frame
 from stream.security import Curve, Zap, make_keys
 from stream.sockets import Inbox, open_socket, send
+from test_classes import memory
 from test_stage_process import free_tcp_ports
 
 
@@ -240,3 +242,44 @@ def test_pipeline_over_curve_with_a_private_run_folder(keys, bikes_video, tmp_pa
         frames = [r["frame"] for r in map(json.loads, f) if r["type"] == "frame"]
     assert sorted(frames) == list(range(12))
     assert mode(memory) == 0o600 and not list(tmp.glob("owd-*"))  # the run folder went with the run
+
+
+def test_classes_command_over_curve_tcp(keys, tmp_path):
+    """A real cluster process serves its control socket on CURVE tcp: `classes --keys` reaches it; another
+    key set, or no keys, does not."""
+    path = tmp_path / "m.npz"
+    memory(path)
+    settings = tcp_settings(keys)
+    settings = Settings(gate=GateSettings(memory=str(path)), transport=settings.transport)
+    endpoints = settings.transport.endpoints
+    ctx = zmq.Context()
+    zap = Zap(ctx)
+    events = Inbox(open_socket(ctx, zmq.PULL, endpoints["events"], bind=True, linger_ms=0, zap=zap,
+                               curve=socket_curve(settings, "sink", "events", True)), "events", (Event, EndOfStream))
+    unseen = open_socket(ctx, zmq.PUSH, endpoints["unseen"], bind=False, linger_ms=0,
+                         curve=socket_curve(settings, "gate", "unseen", False))
+    proc = subprocess.Popen([sys.executable, "-m", "stages", "cluster"], stdin=subprocess.PIPE, cwd=ROOT)
+    proc.stdin.write(settings.to_json().encode())
+    proc.stdin.close()
+    other = tmp_path / "other-keys"
+    make_keys(other, KEY_NAMES)
+    try:
+        assert events.recv(60000).record["type"] == "stage_started"
+        control = ["--memory", str(path), "--control", endpoints["control"]]
+        ok = run_cli("classes", "rename", "novel-1", "cyclist", *control, "--keys", str(keys))
+        assert ok.returncode == 0 and "cyclist" in ok.stdout, ok.stderr
+        assert events.recv(10000).record["type"] == "class_renamed"
+        wrong = run_cli("classes", "delete", "cyclist", *control, "--keys", str(other))
+        assert wrong.returncode == 2 and "no answer" in wrong.stderr
+        bare = run_cli("classes", "delete", "cyclist", *control)
+        assert bare.returncode == 2 and "transport.keys" in bare.stderr
+        send(unseen, EndOfStream("t", 0))
+        assert proc.wait(timeout=30) == 0
+        assert load_gate(path).names == ["cyclist", "novel-2", "novel-3"]  # only the keyed command applied
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        events.sock.close()
+        unseen.close()
+        zap.close()
+        ctx.term()
