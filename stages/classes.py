@@ -69,7 +69,8 @@ def handle(request: bytes, gate: Gate, alpha: float, keep: int, crops_dir: Path 
     return {"ok": True, "event": result, "classes": describe(gate)}, result
 
 
-def request(endpoint: str, cmd: str, args: list[str], timeout_ms: int = 3000, curve: Curve | None = None) -> dict | None:
+def request(endpoint: str, cmd: str, args: list[str], timeout_ms: int = 3000,
+            curve: Curve | None = None) -> dict | None:
     """Sends one command to a running pipeline; None when nothing answers (no pipeline running)."""
     ctx = zmq.Context()
     sock = open_socket(ctx, zmq.REQ, endpoint, bind=False, linger_ms=0, curve=curve)

@@ -64,7 +64,7 @@ class EmbedSettings:
 
 @dataclass(frozen=True)
 class GateSettings:
-    alpha: float = field(default=0.75, metadata=between(0, 1))  # class radius = alpha-quantile of member distances (SKZC)
+    alpha: float = field(default=0.75, metadata=between(0, 1))  # radius = alpha-quantile of member distances (SKZC)
     set_size: int = field(default=7, metadata=at_least(1))      # classes per embedding set (SKZC)
     memory: str | None = None    # class memory file loaded at start
     track: bool = True           # track boxes (ByteTrack) and vote labels per track
@@ -103,7 +103,7 @@ class SinkSettings:
 class TransportSettings:
     # name -> ipc:// or tcp:// address; None = ipc socket in the run's private temp folder
     endpoints: dict[str, str | None] = field(default_factory=dict)
-    hwm: int = field(default=8, metadata=at_least(1))  # messages queued per socket before PUSH blocks (file) or drops (live)
+    hwm: int = field(default=8, metadata=at_least(1))  # queued per socket before PUSH blocks (file) or drops (live)
     shutdown_timeout_s: float = field(default=20.0, metadata=above(0))
     keys: str | None = None      # folder from `run_pipeline.py keys --out DIR`: CurveZMQ for every tcp endpoint
     insecure_tcp: bool = False   # allow tcp endpoints without keys: anyone reaching a port can read and inject
@@ -181,7 +181,7 @@ def _check_transport(t: TransportSettings) -> None:
             raise ConfigError(f"{where} is unknown; known: {', '.join(ENDPOINT_NAMES)}")
         if address is None:
             continue
-        if not address.startswith(("ipc://", "tcp://")):
+        if not address.startswith(("ipc://", "tcp://")) or address.startswith("ipc://@"):  # @: no file, no permissions
             raise ConfigError(f"{where} must be ipc://PATH or tcp://HOST:PORT, got {address!r}")
         if address.startswith("tcp://") and not t.keys and not t.insecure_tcp:
             raise ConfigError(f"{where} is tcp but 'transport.keys' is unset: make keys with `run_pipeline.py keys "

@@ -72,7 +72,8 @@ def make_keys(folder: Path, names: tuple[str, ...]) -> list[Path]:
     """A fresh key pair per name: folder/public/NAME.key (the allow-lists) and folder/private/NAME.key_secret,
     secrets owner-only (0600) in owner-only folders (0700). Refuses to overwrite existing keys."""
     public, private = folder / "public", folder / "private"
-    existing = [p for n in names for p in (public / f"{n}{PUBLIC_SUFFIX}", private / f"{n}{SECRET_SUFFIX}") if p.exists()]
+    paths = [p for n in names for p in (public / f"{n}{PUBLIC_SUFFIX}", private / f"{n}{SECRET_SUFFIX}")]
+    existing = [p for p in paths if p.exists()]
     if existing:
         raise FileExistsError(f"{existing[0]} exists; remove the old keys first (every host needs the new ones)")
     for sub in (folder, public, private):

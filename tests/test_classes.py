@@ -158,7 +158,8 @@ def test_bad_class_names_are_refused_where_they_enter(tmp_path, name):
 
 def test_control_requests_of_the_wrong_shape_are_answered_not_raised(tmp_path):
     gate = memory(tmp_path / "m.npz")
-    for raw in [b"\xff", b"[]", b'{"v": 1, "cmd": "delete", "args": "novel-1"}', b'{"v": 1, "cmd": "delete", "args": [1]}',
+    for raw in [b"\xff", b"[]", b'{"v": 1, "cmd": "delete", "args": "novel-1"}',
+                b'{"v": 1, "cmd": "delete", "args": [1]}',
                 b"[" * 100000 + b"]" * 100000]:
         reply, event = handle(raw, gate, 0.75, 256, None)
         assert not reply["ok"] and event is None

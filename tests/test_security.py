@@ -140,8 +140,9 @@ def test_tcp_without_keys_is_refused(keys, tmp_path):
         load(None, tcp)
     assert load(None, {**tcp, "transport.insecure_tcp": True}).transport.insecure_tcp
     assert load(None, {**tcp, "transport.keys": str(keys)}).transport.keys == str(keys)
-    with pytest.raises(ConfigError, match="ipc://PATH or tcp://HOST:PORT"):
-        load(None, {"transport.endpoints": {"frames": "udp://127.0.0.1:5999"}})
+    for address in ["udp://127.0.0.1:5999", "ipc://@owd-frames"]:  # @: abstract ipc, no file to protect
+        with pytest.raises(ConfigError, match="ipc://PATH or tcp://HOST:PORT"):
+            load(None, {"transport.endpoints": {"frames": address}})
     settings = tcp_settings()  # built in code, bypassing load: the stage still refuses
     with pytest.raises(ConfigError, match="tcp without transport.keys"):
         socket_curve(settings, "capture", "frames", True)
@@ -222,7 +223,8 @@ def test_pipeline_over_curve_with_a_private_run_folder(keys, bikes_video, tmp_pa
     tmp.mkdir()
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
            "--events", str(events), "--memory", str(memory), "--max-frames", "12", "--set", f"transport.keys={keys}",
-           *[arg for name, port in ports.items() for arg in ("--set", f"transport.endpoints.{name}=tcp://127.0.0.1:{port}")]]
+           *[arg for name, port in ports.items()
+             for arg in ("--set", f"transport.endpoints.{name}=tcp://127.0.0.1:{port}")]]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(tmp)))
     seen: dict[str, int] = {}
     try:
