@@ -68,6 +68,9 @@ class StageProcess:
         transport = self.settings.transport
         address = transport.endpoints[endpoint]
         curve = socket_curve(self.settings, self.name, endpoint, bind)
+        if curve is None and address.startswith("tcp://"):
+            self.log.warning("%s on plain tcp (transport.insecure_tcp): whoever reaches %s can read and inject",
+                             endpoint, address)
         if curve is not None and curve.is_server and self._zap is None:
             self._zap = Zap(self.ctx)
         sock = open_socket(self.ctx, kind, address, bind=bind, hwm=transport.hwm if hwm is None else hwm,
