@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,16 @@ import numpy as np
 
 UNSEEN = "unseen"
 MEMORY_FORMAT = 1
+# Class names become folder names and travel in events and commands: ASCII letters, digits, '-', '_'.
+CLASS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_name(name: str) -> str:
+    """name, if it may name a class; ValueError saying what a name may be otherwise."""
+    if not isinstance(name, str) or not CLASS_NAME.fullmatch(name) or name == UNSEEN:
+        raise ValueError(f"class name {name!r} is not allowed: use 1 to 64 ASCII letters, digits, '-' or '_' "
+                         f"(and not {UNSEEN!r})")
+    return name
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -78,6 +89,7 @@ class Gate:
         self.members[i] = pool.astype(np.float32)
 
     def add(self, name: str, centroid: np.ndarray, radius: float, size: int, discovered: bool = False) -> None:
+        check_name(name)
         if name in self.names:
             raise ValueError(f"class {name!r} exists already")
         if len(self) and centroid.shape != self.centroids.shape[1:]:
@@ -92,6 +104,7 @@ class Gate:
         self.discovered.append(bool(discovered))
 
     def rename(self, old: str, new: str) -> None:
+        check_name(new)
         if new in self.names:
             raise ValueError(f"class {new!r} exists already")
         self.names[self._index(old)] = new
@@ -151,9 +164,12 @@ def save_gate(gate: Gate, path: str | Path) -> None:
     """Writes the class memory as .npz (no pickle) via a temp file and rename, so a crash never
     leaves a half-written file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    # Owner-only from the first byte (the classes describe what the camera saw); no following a planted link.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode through O_TRUNC
+    with os.fdopen(fd, "wb") as f:
         members = {f"members_{i}": m.astype(np.float16) for i, m in enumerate(gate.members)}
         np.savez(f, format=np.int64(MEMORY_FORMAT), names=np.array(gate.names, dtype=np.str_),
                  centroids=gate.centroids, radii=gate.radii, sizes=gate.sizes, set_ids=gate.set_ids,
@@ -178,6 +194,13 @@ def load_gate(path: str | Path) -> Gate:
                             else np.zeros((0, gate.centroids.shape[1]), np.float32) for i in range(len(gate.names))]
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"class memory {path} is not readable: {exc}") from None
+    for name in gate.names:
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise ValueError(f"class memory {path}: {exc}") from None
+    if len(set(gate.names)) != len(gate.names):
+        raise ValueError(f"class memory {path} names a class twice")
     k = len(gate.names)
     if gate.centroids.shape[0] != k or any(len(a) != k for a in (gate.radii, gate.sizes, gate.set_ids, gate.discovered)):
         raise ValueError(f"class memory {path} is inconsistent: {k} names but other columns disagree")

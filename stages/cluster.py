@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import zmq
 
@@ -12,6 +11,7 @@ from models.discovery import DiscoveryRules, UnseenBuffer, discover
 from models.sddc import Gate, save_gate
 from stages.classes import handle
 from stages.config import ClusterSettings
+from stages.crops import private_folder, write_png
 from stages.gate import load_memory
 from stages.process import StageProcess
 from stream.messages import ClassUpdate, EndOfStream, UnseenBatch
@@ -19,11 +19,12 @@ from stream.sockets import Inbox, send
 
 
 def save_examples(folder: Path, thumbs: np.ndarray, limit: int) -> None:
-    """Up to `limit` example crops per class folder (numbered PNGs); a person looks at them to name the class."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Up to `limit` example crops per class folder (numbered PNGs, owner-only: they show people); a person
+    looks at them to name the class."""
+    private_folder(folder)
     have = len(list(folder.glob("*.png")))
     for i, thumb in enumerate(thumbs[:max(limit - have, 0)]):
-        cv2.imwrite(str(folder / f"{have + i:03d}.png"), thumb)
+        write_png(folder / f"{have + i:03d}.png", thumb)
 
 
 def snapshot(gate: Gate, version: int) -> ClassUpdate:

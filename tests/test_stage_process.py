@@ -36,7 +36,8 @@ def gate_process(tmp_path, request):
     else:
         endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in zip(ENDPOINT_NAMES, free_tcp_ports(len(ENDPOINT_NAMES)))}
     # untracked: every unseen box goes to clustering at once (tracking is tested in test_tracks.py)
-    settings = Settings(gate=GateSettings(track=False), transport=TransportSettings(endpoints=endpoints))
+    settings = Settings(gate=GateSettings(track=False),  # tcp here is plain: tests/test_security.py runs CURVE
+                        transport=TransportSettings(endpoints=endpoints, insecure_tcp=request.param == "tcp"))
     ctx = zmq.Context()
     socks = {
         "embeddings": open_socket(ctx, zmq.PUSH, endpoints["embeddings"], bind=True, linger_ms=0),
