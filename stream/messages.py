@@ -2,14 +2,82 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+# Contents are checked on construction, so a message that decodes is one its consumer can use.
+SOURCE_MAX = 4096      # characters of a source name (a path or a URL)
+LABEL_MAX = 256        # characters of a class name, detector label or end-of-stream reason
+SIDE_MAX = 1 << 15     # pixels per image side
+COORD_MAX = 1 << 20    # |box coordinate| in pixels: far outside any image, still a small int for drawing
+VERSION_MAX = 1 << 53  # class update versions: exact in a JSON number (a double)
+DEPTH_MAX = 16         # nesting of an event record
 
-def _strings(values) -> tuple[str, ...]:
-    return tuple(str(v) for v in values)
+
+def _int(owner, name: str, value, low: int = 0, high: int = 1 << 63) -> None:
+    if type(value) is not int or not low <= value < high:  # bool is an int; it is not a count
+        raise ValueError(f"{type(owner).__name__}.{name} must be an integer in [{low}, {high}), got {repr(value)[:40]}")
+
+
+def _utf8(value) -> bool:
+    """A string that can be written out: JSON's "\\ud800" escape decodes to a lone surrogate, which cannot."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(owner, name: str, value, limit: int) -> None:
+    if not isinstance(value, str) or len(value) > limit or not _utf8(value):
+        raise ValueError(f"{type(owner).__name__}.{name} must be a string of at most {limit} characters")
+
+
+def _strings(owner, name: str, limit: int = LABEL_MAX) -> None:
+    """A tuple-of-strings field; JSON brings it as a list."""
+    value = getattr(owner, name)
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) and len(v) <= limit and _utf8(v) for v in value):
+        raise ValueError(f"{type(owner).__name__}.{name} must be a list of strings of at most {limit} characters")
+    object.__setattr__(owner, name, tuple(value))
+
+
+def _array(owner, name: str, kinds: str, shape: tuple, finite: bool = False) -> np.ndarray:
+    """The field as an array of a dtype kind in `kinds` ('f' float, 'i' int, 'b' bool, 'u' uint) whose
+    shape matches `shape` (None = any size); with `finite`, NaN and inf are refused."""
+    value = getattr(owner, name)
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds or value.ndim != len(shape) or any(
+            want is not None and got != want for got, want in zip(value.shape, shape)):
+        got = f"{value.dtype}{list(value.shape)}" if isinstance(value, np.ndarray) else type(value).__name__
+        raise ValueError(f"{type(owner).__name__}.{name} must be {kinds!r}-kind {list(shape)}, got {got}")
+    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ValueError(f"{type(owner).__name__}.{name} holds NaN or inf")
+    return value
+
+
+def _time(value) -> bool:
+    """A time stamp: a finite float, or an int a float holds exactly (JSON may bring 5 for 5.0)."""
+    return isinstance(value, float) and math.isfinite(value) or type(value) is int and abs(value) <= VERSION_MAX
+
+
+def _clean(value, depth: int = 0):
+    """A JSON-able copy of an event value with NaN and inf as None (JSON has neither)."""
+    if depth > DEPTH_MAX:
+        raise ValueError(f"an event record nests deeper than {DEPTH_MAX}")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise ValueError("event record keys must be strings")
+        return {k: _clean(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v, depth + 1) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -21,8 +89,19 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8, BGR
 
     def __post_init__(self):
-        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
-            raise ValueError(f"image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}")
+        _text(self, "source", self.source, SOURCE_MAX)
+        _int(self, "index", self.index)
+        if not _time(self.ts):
+            raise ValueError(f"{type(self).__name__}.ts must be a finite number, got {self.ts!r}")
+        image = _array(self, "image", "u", (None, None, 3))
+        if image.dtype != np.uint8 or not (1 <= image.shape[0] <= SIDE_MAX and 1 <= image.shape[1] <= SIDE_MAX):
+            raise ValueError(f"image must be (H, W, 3) uint8 with 1 <= H, W <= {SIDE_MAX}, "
+                             f"got {image.shape} {image.dtype}")
+
+
+# Per-box columns: (dtype kinds, trailing shape, finite). String columns are tuples of labels.
+_COLUMNS = {"xyxy": ("f", (4,), False), "scores": ("f", (), True), "embeddings": ("f", (None,), True),
+            "seen": ("b", (), False), "distance": ("f", (), False), "track": ("i", (), False)}
 
 
 @dataclass(frozen=True)
@@ -32,13 +111,25 @@ class _Boxes(Frame):
 
     def __post_init__(self):
         super().__post_init__()
-        n = len(getattr(self, self.columns[0]))
+        n = None
         for name in self.columns:
-            value = getattr(self, name)
-            if isinstance(value, list):  # tuples of strings travel as JSON lists
-                object.__setattr__(self, name, _strings(value))
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"{type(self).__name__}.{name} has {len(value)} rows, expected {n}")
+            if name in _COLUMNS:
+                kinds, trailing, finite = _COLUMNS[name]
+                rows = len(_array(self, name, kinds, (None,) + trailing, finite))
+            else:
+                _strings(self, name)
+                rows = len(getattr(self, name))
+            n = rows if n is None else n
+            if rows != n:
+                raise ValueError(f"{type(self).__name__}.{name} has {rows} rows, expected {n}")
+        if "xyxy" in self.columns and not (np.abs(self.xyxy) <= COORD_MAX).all():  # False for NaN too
+            raise ValueError(f"{type(self).__name__}.xyxy must be finite and within {COORD_MAX} pixels")
+        if "embeddings" in self.columns and self.embeddings.shape[1] < 1:
+            raise ValueError(f"{type(self).__name__}.embeddings needs a dimension of at least 1")
+        if "distance" in self.columns and not (self.distance >= 0).all():  # inf: no class to be near
+            raise ValueError(f"{type(self).__name__}.distance must be >= 0 (inf allowed), not NaN")
+        if "track" in self.columns and not (self.track >= -1).all():
+            raise ValueError(f"{type(self).__name__}.track ids are >= 0, or -1 for none")
 
     def __len__(self) -> int:
         return len(getattr(self, self.columns[0]))
@@ -92,11 +183,16 @@ class UnseenBatch:
     thumbs: np.ndarray | None = None  # (N, T, T, 3) uint8 BGR crops, letterboxed, for class examples
 
     def __post_init__(self):
-        n = len(self.embeddings)
-        if self.embeddings.ndim != 2 or self.track.shape != (n,):
-            raise ValueError(f"embeddings {self.embeddings.shape} and track {self.track.shape} disagree")
-        if self.thumbs is not None and (self.thumbs.ndim != 4 or len(self.thumbs) != n):
-            raise ValueError(f"thumbs {self.thumbs.shape} do not match {n} embeddings")
+        _text(self, "source", self.source, SOURCE_MAX)
+        _int(self, "index", self.index)
+        n, d = _array(self, "embeddings", "f", (None, None), finite=True).shape
+        track = _array(self, "track", "i", (n,))
+        if d < 1 or not (track >= -1).all():
+            raise ValueError("UnseenBatch needs embeddings (N, D) with D >= 1 and track ids >= -1")
+        if self.thumbs is not None:
+            t = _array(self, "thumbs", "u", (n, None, None, 3)).shape[1]
+            if self.thumbs.dtype != np.uint8 or not 1 <= t <= SIDE_MAX or self.thumbs.shape[2] != t:
+                raise ValueError(f"thumbs must be (N, T, T, 3) uint8, got {self.thumbs.shape} {self.thumbs.dtype}")
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -104,7 +200,10 @@ class UnseenBatch:
 
 @dataclass(frozen=True)
 class ClassUpdate:
-    """The complete set of discovered classes (a snapshot, so a late or lost update heals itself)."""
+    """The complete set of discovered classes (a snapshot, so a late or lost update heals itself).
+
+    `version` counts the cluster stage's changes, for logs; the gate applies every valid snapshot in
+    arrival order, so no version value (a forged 2e18, or 1 from a restarted cluster) can stall it."""
     version: int
     names: tuple[str, ...]   # (K,)
     centroids: np.ndarray    # (K, D) float32
@@ -113,12 +212,16 @@ class ClassUpdate:
     set_ids: np.ndarray      # (K,) int64, embedding set each class belongs to
 
     def __post_init__(self):
-        if isinstance(self.names, list):
-            object.__setattr__(self, "names", _strings(self.names))
+        _int(self, "version", self.version, 0, VERSION_MAX)
+        _strings(self, "names")
         k = len(self.names)
-        if self.centroids.ndim != 2 or len(self.centroids) != k or any(
-                a.shape != (k,) for a in (self.radii, self.sizes, self.set_ids)):
-            raise ValueError(f"ClassUpdate columns disagree on {k} classes")
+        if len(set(self.names)) != k:
+            raise ValueError("ClassUpdate.names repeat a class")
+        d = _array(self, "centroids", "f", (k, None), finite=True).shape[1]
+        radii = _array(self, "radii", "f", (k,), finite=True)
+        sizes, set_ids = _array(self, "sizes", "i", (k,)), _array(self, "set_ids", "i", (k,))
+        if k and (d < 1 or (radii < 0).any() or (sizes < 0).any() or (set_ids < 0).any()):
+            raise ValueError("ClassUpdate needs D >= 1 and radii, sizes and set ids >= 0")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -126,12 +229,16 @@ class ClassUpdate:
 
 @dataclass(frozen=True)
 class Event:
-    """A record for the JSONL event log; `record` carries at least "type" and "ts"."""
+    """A record for the JSONL event log; `record` carries at least "type" and "ts".
+
+    NaN and inf become None (JSON has neither); the decoder refuses them outright."""
     record: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.record.get("type"), str) or not isinstance(self.record.get("ts"), (int, float)):
-            raise ValueError("an event record needs a string 'type' and a numeric 'ts'")
+        record = self.record
+        if not isinstance(record, dict) or not isinstance(record.get("type"), str) or not _time(record.get("ts")):
+            raise ValueError("an event record needs a string 'type' and a finite numeric 'ts'")
+        object.__setattr__(self, "record", _clean(record))
 
 
 @dataclass(frozen=True)
@@ -140,6 +247,11 @@ class EndOfStream:
     source: str
     frames: int         # frames read from the source
     reason: str = "end"  # "end", "stopped" (Ctrl-C, SIGTERM) or "lost" (a live source went silent)
+
+    def __post_init__(self):
+        _text(self, "source", self.source, SOURCE_MAX)
+        _int(self, "frames", self.frames)
+        _text(self, "reason", self.reason, LABEL_MAX)
 
 
 MESSAGE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (
