@@ -65,7 +65,7 @@ def _time(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) or type(value) is int and abs(value) <= VERSION_MAX
 
 
-def _clean(value, depth: int = 0):
+def json_safe(value, depth: int = 0):
     """A JSON-able copy of an event value with NaN and inf as None (JSON has neither)."""
     if depth > DEPTH_MAX:
         raise ValueError(f"an event record nests deeper than {DEPTH_MAX}")
@@ -74,9 +74,9 @@ def _clean(value, depth: int = 0):
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise ValueError("event record keys must be strings")
-        return {k: _clean(v, depth + 1) for k, v in value.items()}
+        return {k: json_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v, depth + 1) for v in value]
+        return [json_safe(v, depth + 1) for v in value]
     return value
 
 
@@ -238,7 +238,7 @@ class Event:
         record = self.record
         if not isinstance(record, dict) or not isinstance(record.get("type"), str) or not _time(record.get("ts")):
             raise ValueError("an event record needs a string 'type' and a finite numeric 'ts'")
-        object.__setattr__(self, "record", _clean(record))
+        object.__setattr__(self, "record", json_safe(record))
 
 
 @dataclass(frozen=True)
