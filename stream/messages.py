@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ SIDE_MAX = 1 << 15     # pixels per image side
 COORD_MAX = 1 << 20    # |box coordinate| in pixels: far outside any image, still a small int for drawing
 VERSION_MAX = 1 << 53  # class update versions: exact in a JSON number (a double)
 DEPTH_MAX = 16         # nesting of an event record
+FINITE = sys.float_info.max  # [-FINITE, FINITE]: no NaN, no inf
 
 
 def _int(owner, name: str, value, low: int = 0, high: int = 1 << 63) -> None:
@@ -47,17 +49,28 @@ def _strings(owner, name: str, limit: int = LABEL_MAX) -> None:
     object.__setattr__(owner, name, tuple(value))
 
 
-def _array(owner, name: str, kinds: str, shape: tuple, finite: bool = False) -> np.ndarray:
+def _array(owner, name: str, kinds: str, shape: tuple, low: float | None = None, high: float = math.inf) -> np.ndarray:
     """The field as an array of a dtype kind in `kinds` ('f' float, 'i' int, 'b' bool, 'u' uint) whose
-    shape matches `shape` (None = any size); with `finite`, NaN and inf are refused."""
+    shape matches `shape` (None = any size); with `low`, every value lies in [low, high] (NaN never does)."""
     value = getattr(owner, name)
-    if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds or value.ndim != len(shape) or any(
-            want is not None and got != want for got, want in zip(value.shape, shape)):
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds or not _fits(value.shape, shape):
         got = f"{value.dtype}{list(value.shape)}" if isinstance(value, np.ndarray) else type(value).__name__
         raise ValueError(f"{type(owner).__name__}.{name} must be {kinds!r}-kind {list(shape)}, got {got}")
-    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise ValueError(f"{type(owner).__name__}.{name} holds NaN or inf")
+    # min and max as Python numbers (a float32 compared with 1e308 would see inf); NaN fails both tests
+    if low is not None and value.size and not (low <= np.minimum.reduce(value, None).item() and
+                                               np.maximum.reduce(value, None).item() <= high):
+        wanted = "finite" if (low, high) == (-FINITE, FINITE) else f"in [{low}, {high}] and not NaN"
+        raise ValueError(f"{type(owner).__name__}.{name} must be {wanted}")
     return value
+
+
+def _fits(shape: tuple, pattern: tuple) -> bool:
+    if len(shape) != len(pattern):
+        return False
+    for size, want in zip(shape, pattern):
+        if want is not None and size != want:
+            return False
+    return True
 
 
 def _time(value) -> bool:
@@ -92,16 +105,18 @@ class Frame:
         _text(self, "source", self.source, SOURCE_MAX)
         _int(self, "index", self.index)
         if not _time(self.ts):
-            raise ValueError(f"{type(self).__name__}.ts must be a finite number, got {self.ts!r}")
+            raise ValueError(f"{type(self).__name__}.ts must be a finite number, got {repr(self.ts)[:40]}")
         image = _array(self, "image", "u", (None, None, 3))
-        if image.dtype != np.uint8 or not (1 <= image.shape[0] <= SIDE_MAX and 1 <= image.shape[1] <= SIDE_MAX):
+        if image.dtype.itemsize != 1 or not (1 <= image.shape[0] <= SIDE_MAX and 1 <= image.shape[1] <= SIDE_MAX):
             raise ValueError(f"image must be (H, W, 3) uint8 with 1 <= H, W <= {SIDE_MAX}, "
                              f"got {image.shape} {image.dtype}")
 
 
-# Per-box columns: (dtype kinds, trailing shape, finite). String columns are tuples of labels.
-_COLUMNS = {"xyxy": ("f", (4,), False), "scores": ("f", (), True), "embeddings": ("f", (None,), True),
-            "seen": ("b", (), False), "distance": ("f", (), False), "track": ("i", (), False)}
+# Per-box columns: (dtype kinds, trailing shape, lowest and highest value). String columns are tuples of labels.
+_COLUMNS = {"xyxy": ("f", (4,), -COORD_MAX, COORD_MAX), "scores": ("f", (), -FINITE, FINITE),
+            "embeddings": ("f", (None,), -FINITE, FINITE), "seen": ("b", (), None, None),
+            "distance": ("f", (), 0.0, math.inf),  # inf: no class to be near
+            "track": ("i", (), -1, math.inf)}      # -1: no track
 
 
 @dataclass(frozen=True)
@@ -114,22 +129,16 @@ class _Boxes(Frame):
         n = None
         for name in self.columns:
             if name in _COLUMNS:
-                kinds, trailing, finite = _COLUMNS[name]
-                rows = len(_array(self, name, kinds, (None,) + trailing, finite))
+                kinds, trailing, low, high = _COLUMNS[name]
+                rows = len(_array(self, name, kinds, (None,) + trailing, low, high))
             else:
                 _strings(self, name)
                 rows = len(getattr(self, name))
             n = rows if n is None else n
             if rows != n:
                 raise ValueError(f"{type(self).__name__}.{name} has {rows} rows, expected {n}")
-        if "xyxy" in self.columns and not (np.abs(self.xyxy) <= COORD_MAX).all():  # False for NaN too
-            raise ValueError(f"{type(self).__name__}.xyxy must be finite and within {COORD_MAX} pixels")
         if "embeddings" in self.columns and self.embeddings.shape[1] < 1:
             raise ValueError(f"{type(self).__name__}.embeddings needs a dimension of at least 1")
-        if "distance" in self.columns and not (self.distance >= 0).all():  # inf: no class to be near
-            raise ValueError(f"{type(self).__name__}.distance must be >= 0 (inf allowed), not NaN")
-        if "track" in self.columns and not (self.track >= -1).all():
-            raise ValueError(f"{type(self).__name__}.track ids are >= 0, or -1 for none")
 
     def __len__(self) -> int:
         return len(getattr(self, self.columns[0]))
@@ -185,13 +194,13 @@ class UnseenBatch:
     def __post_init__(self):
         _text(self, "source", self.source, SOURCE_MAX)
         _int(self, "index", self.index)
-        n, d = _array(self, "embeddings", "f", (None, None), finite=True).shape
-        track = _array(self, "track", "i", (n,))
-        if d < 1 or not (track >= -1).all():
-            raise ValueError("UnseenBatch needs embeddings (N, D) with D >= 1 and track ids >= -1")
+        n, d = _array(self, "embeddings", "f", (None, None), -FINITE, FINITE).shape
+        _array(self, "track", "i", (n,), -1)
+        if d < 1:
+            raise ValueError("UnseenBatch needs embeddings (N, D) with D >= 1")
         if self.thumbs is not None:
             t = _array(self, "thumbs", "u", (n, None, None, 3)).shape[1]
-            if self.thumbs.dtype != np.uint8 or not 1 <= t <= SIDE_MAX or self.thumbs.shape[2] != t:
+            if self.thumbs.dtype.itemsize != 1 or not 1 <= t <= SIDE_MAX or self.thumbs.shape[2] != t:
                 raise ValueError(f"thumbs must be (N, T, T, 3) uint8, got {self.thumbs.shape} {self.thumbs.dtype}")
 
     def __len__(self) -> int:
@@ -217,11 +226,12 @@ class ClassUpdate:
         k = len(self.names)
         if len(set(self.names)) != k:
             raise ValueError("ClassUpdate.names repeat a class")
-        d = _array(self, "centroids", "f", (k, None), finite=True).shape[1]
-        radii = _array(self, "radii", "f", (k,), finite=True)
-        sizes, set_ids = _array(self, "sizes", "i", (k,)), _array(self, "set_ids", "i", (k,))
-        if k and (d < 1 or (radii < 0).any() or (sizes < 0).any() or (set_ids < 0).any()):
-            raise ValueError("ClassUpdate needs D >= 1 and radii, sizes and set ids >= 0")
+        d = _array(self, "centroids", "f", (k, None), -FINITE, FINITE).shape[1]
+        _array(self, "radii", "f", (k,), 0.0, FINITE)
+        _array(self, "sizes", "i", (k,), 0)
+        _array(self, "set_ids", "i", (k,), 0)
+        if k and d < 1:
+            raise ValueError("ClassUpdate needs centroids of dimension D >= 1")
 
     def __len__(self) -> int:
         return len(self.names)

@@ -11,8 +11,8 @@ from stream.messages import MESSAGE_TYPES
 
 PROTOCOL = 1
 # Only plain numeric dtypes cross the wire; object arrays would need pickle.
-_ITEMSIZE = {name: np.dtype(name).itemsize
-             for name in ("uint8", "int32", "int64", "float16", "float32", "float64", "bool")}
+_DTYPES = {name: np.dtype(name) for name in ("uint8", "int32", "int64", "float16", "float32", "float64", "bool")}
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}  # dtype.name is slow: a Python property
 # The decoder is total: whatever bytes come, it returns a valid message or raises WireError. These
 # bounds keep a hostile header from costing more than a legitimate one.
 HEADER_MAX = 256 * 1024  # bytes of JSON header (a frame of 1000 boxes needs ~30 KiB)
@@ -38,10 +38,11 @@ def encode(msg) -> list:
     for f in dataclasses.fields(msg):
         value = getattr(msg, f.name)
         if isinstance(value, np.ndarray):
-            if value.dtype.name not in _ITEMSIZE:
+            dtype = _NAMES.get(value.dtype)
+            if dtype is None:
                 raise WireError(f"{type(msg).__name__}.{f.name}: dtype {value.dtype} cannot be sent")
             value = np.ascontiguousarray(value)
-            specs.append({"name": f.name, "dtype": value.dtype.name, "shape": list(value.shape)})
+            specs.append({"name": f.name, "dtype": dtype, "shape": list(value.shape)})
             buffers.append(value)
         else:
             fields[f.name] = list(value) if isinstance(value, tuple) else value
@@ -81,12 +82,12 @@ def decode(frames: list):
 
 def _header(frame) -> dict:
     """The header frame parsed and its outline checked: a JSON object {v, type, fields, arrays}."""
-    raw = _bytes(frame)
-    if raw.nbytes > HEADER_MAX:
-        raise WireError(f"header of {raw.nbytes} bytes, at most {HEADER_MAX}")
-    text = raw.tobytes()
+    text = frame if type(frame) is bytes else _bytes(frame)
+    if len(text) > HEADER_MAX:
+        raise WireError(f"header of {len(text)} bytes, at most {HEADER_MAX}")
+    text = bytes(text)
     try:
-        header = json.loads(text.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
+        header = _JSON.decode(text.decode("utf-8"))
     except RecursionError:
         raise WireError("header nests too deep") from None
     except ValueError as exc:  # includes UnicodeDecodeError and JSONDecodeError
@@ -107,24 +108,36 @@ def _header(frame) -> dict:
 
 def _array(spec, frame, names: frozenset) -> tuple[str, np.ndarray]:
     """(field name, array) of one buffer described by spec {name, dtype, shape}."""
-    if not isinstance(spec, dict) or spec.keys() != _SPEC_KEYS:
+    if type(spec) is not dict or len(spec) != len(_SPEC_KEYS):
         raise WireError(f"an array spec is an object with exactly the keys {sorted(_SPEC_KEYS)}")
-    name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
-    if not isinstance(name, str) or name not in names:
+    name, dtype, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")  # a missing key fails below
+    if type(name) is not str or name not in names:
         raise WireError(f"no array field {_short(name)} in this message type")
-    if not isinstance(dtype, str) or dtype not in _ITEMSIZE:
-        raise WireError(f"array {name!r}: dtype {_short(dtype)} is not one of {sorted(_ITEMSIZE)}")
-    if not isinstance(shape, list) or len(shape) > RANK_MAX or not all(
-            type(s) is int and 0 <= s <= ELEMENTS_MAX for s in shape) or math.prod(shape) > ELEMENTS_MAX:
+    dtype = _DTYPES.get(dtype) if type(dtype) is str else None
+    if dtype is None:
+        raise WireError(f"array {name!r}: dtype {_short(spec.get('dtype'))} is not one of {sorted(_DTYPES)}")
+    count = _count(shape)
+    if count is None:
         raise WireError(f"array {name!r}: shape {_short(shape)} is not a list of at most {RANK_MAX} "
                         f"sizes with at most {ELEMENTS_MAX} elements")
-    buf = _bytes(frame)
-    expected = math.prod(shape) * _ITEMSIZE[dtype]
-    if buf.nbytes != expected:
-        raise WireError(f"array {name!r}: {buf.nbytes} bytes, expected {expected} for {dtype}{shape}")
-    if dtype == "bool" and expected and np.frombuffer(buf, np.uint8).max() > 1:
+    buf = frame if type(frame) is bytes else _bytes(frame)
+    if len(buf) != count * dtype.itemsize:
+        raise WireError(f"array {name!r}: {len(buf)} bytes, expected {count * dtype.itemsize} for {dtype}{shape}")
+    if dtype.kind == "b" and count and np.frombuffer(buf, np.uint8).max() > 1:
         raise WireError(f"array {name!r}: bool bytes must be 0 or 1")  # numpy would keep 2 as a "true" 2
-    return name, np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return name, np.ndarray(shape, dtype, buf)  # read-only when buf is: no copy
+
+
+def _count(shape) -> int | None:
+    """Elements of a shape given as a JSON list of sizes; None if it is not one, or too big."""
+    if type(shape) is not list or len(shape) > RANK_MAX:
+        return None
+    count = 1
+    for size in shape:
+        if type(size) is not int or not 0 <= size <= ELEMENTS_MAX:  # bool is an int; 1.0 is not
+            return None
+        count *= size
+    return count if count <= ELEMENTS_MAX else None
 
 
 def _bytes(frame) -> memoryview:
@@ -148,7 +161,7 @@ def _depth(value) -> int:
     return deepest
 
 
-def _no_constant(name: str):
+def _no_constant(name: str):  # NaN, Infinity: JSON has neither, Python's json reads both
     raise ValueError(f"{name} is not a number")
 
 
@@ -157,6 +170,9 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text[:20]} overflows a double")
     return value
+
+
+_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 
 
 def _short(value, limit: int = 60) -> str:
