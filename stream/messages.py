@@ -57,8 +57,8 @@ def _array(owner, name: str, kinds: str, shape: tuple, low: float | None = None,
         got = f"{value.dtype}{list(value.shape)}" if isinstance(value, np.ndarray) else type(value).__name__
         raise ValueError(f"{type(owner).__name__}.{name} must be {kinds!r}-kind {list(shape)}, got {got}")
     # min and max as Python numbers (a float32 compared with 1e308 would see inf); NaN fails both tests
-    if low is not None and value.size and not (low <= np.minimum.reduce(value, None).item() and
-                                               np.maximum.reduce(value, None).item() <= high):
+    if low is not None and value.size and not (low <= np.minimum.reduce(value, None).item() and (
+            high == math.inf or np.maximum.reduce(value, None).item() <= high)):
         wanted = "finite" if (low, high) == (-FINITE, FINITE) else f"in [{low}, {high}] and not NaN"
         raise ValueError(f"{type(owner).__name__}.{name} must be {wanted}")
     return value
