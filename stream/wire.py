@@ -29,7 +29,8 @@ _SCALARS = {name: frozenset(f.name for f in dataclasses.fields(cls)) - _ARRAYS[n
 
 
 class WireError(ValueError):
-    """A message that cannot be decoded: malformed, wrong protocol version or unknown type."""
+    """A message that cannot be decoded: malformed, over a bound, wrong protocol version, unknown type or
+    contents its message class refuses."""
 
 
 def encode(msg) -> list:

@@ -187,6 +187,27 @@ def test_inbox_counts_rejects_and_keeps_receiving(tmp_path):
         ctx.term()
 
 
+def test_inbox_counts_a_decoder_bug_as_a_reject(tmp_path, monkeypatch):
+    def broken(frames):
+        raise IndexError("a bug")
+    ctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/in"
+    pull = open_socket(ctx, zmq.PULL, endpoint, bind=True, linger_ms=0)
+    push = open_socket(ctx, zmq.PUSH, endpoint, bind=False, linger_ms=0)
+    inbox = Inbox(pull, "test", (EndOfStream,))
+    try:
+        monkeypatch.setattr("stream.sockets.decode", broken)
+        send(push, CASES["eos"])
+        assert inbox.recv(2000) is None and inbox.rejected == 1
+        monkeypatch.undo()
+        send(push, CASES["eos"])
+        assert inbox.recv(2000) == CASES["eos"] and inbox.rejected == 1
+    finally:
+        push.close()
+        pull.close()
+        ctx.term()
+
+
 def test_box_messages_select_by_mask():
     msg = labeled(4)
     picked = msg[msg.seen]
