@@ -43,8 +43,11 @@ def _text(owner, name: str, value, limit: int) -> None:
 def _strings(owner, name: str, limit: int = LABEL_MAX) -> None:
     """A tuple-of-strings field; JSON brings it as a list."""
     value = getattr(owner, name)
-    if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, str) and len(v) <= limit and _utf8(v) for v in value):
+    try:
+        joined = "".join(value) if isinstance(value, (list, tuple)) else None  # TypeError unless all are strings
+    except TypeError:
+        joined = None
+    if joined is None or not _utf8(joined) or value and max(map(len, value)) > limit:
         raise ValueError(f"{type(owner).__name__}.{name} must be a list of strings of at most {limit} characters")
     object.__setattr__(owner, name, tuple(value))
 
