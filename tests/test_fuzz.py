@@ -236,89 +236,91 @@ def test_inbox_counts_every_reject():
         ctx.term()
 
 
-def _hostile(kind: str, change=None, buffers=None) -> list:
-    """TINY[kind] encoded, with `change` applied to its parsed header and `buffers` replacing its buffers."""
+def hostile(kind: str, path=(), value=None, buffer=None, text=None) -> list:
+    """TINY[kind] encoded with one change: header[path] = value, buffer (i, bytes) replaced, or text (old, new)
+    replaced in the header's JSON."""
     frames = encode(TINY[kind])
     header = json.loads(bytes(frames[0]))
-    if change:
-        change(header)
-    return [json.dumps(header).encode()] + (buffers or [np.asarray(b).tobytes() for b in frames[1:]])
-
-
-def _set(path, value):
-    def change(header):
+    if path:
+        node = header
         for key in path[:-1]:
-            header = header[key]
-        header[path[-1]] = value
-    return change
+            node = node[key]
+        node[path[-1]] = value
+    buffers = [np.asarray(b).tobytes() for b in frames[1:]]
+    if buffer:
+        buffers[buffer[0]] = buffer[1]
+    raw = json.dumps(header).encode()
+    if text:
+        assert text[0] in raw
+        raw = raw.replace(*text)
+    return [raw] + buffers
 
 
-HOSTILE = {
-    "shape [2^32, 2^32]": _hostile("UnseenBatch", _set(("arrays", 0, "shape"), [2 ** 32, 2 ** 32])),
-    "shape 1e400": [_hostile("UnseenBatch")[0].replace(b'"shape": [1, 3]', b'"shape": [1e400, 3]')]
-    + _hostile("UnseenBatch")[1:],
-    "shape of floats": _hostile("UnseenBatch", _set(("arrays", 0, "shape"), [1.0, 3.0])),
-    "shape of bools": _hostile("UnseenBatch", _set(("arrays", 1, "shape"), [True])),
-    "shape of strings": _hostile("UnseenBatch", _set(("arrays", 1, "shape"), ["1"])),
-    "rank 5": _hostile("UnseenBatch", _set(("arrays", 2, "shape"), [1, 1, 2, 2, 3])),
-    "header nested 10^5 deep": [b"[" * 10 ** 5 + b"]" * 10 ** 5],
-    "record nested 10^5 deep": [b'{"v":1,"type":"Event","fields":{"record":{"type":"x","ts":1,"a":'
-                                + b"[" * 10 ** 5 + b"]" * 10 ** 5 + b'}},"arrays":[]}'],
-    "header nested 100 deep": [b'{"v":1,"type":"Event","fields":{"record":{"type":"x","ts":1,"a":'
-                               + b"[" * 100 + b"]" * 100 + b'}},"arrays":[]}'],
-    "header over the size limit": [b" " * (HEADER_MAX + 1) + b"{}"],
-    "array name a list": _hostile("UnseenBatch", _set(("arrays", 0, "name"), ["embeddings"])),
-    "array name a dict": _hostile("UnseenBatch", _set(("arrays", 0, "name"), {"embeddings": 1})),
-    "array name repeated": _hostile("UnseenBatch", _set(("arrays", 1, "name"), "embeddings")),
-    "array name not a field": _hostile("UnseenBatch", _set(("arrays", 0, "name"), "image")),
-    "array also a field": _hostile("UnseenBatch", _set(("fields", "track"), [4])),
-    "type a list": _hostile("EndOfStream", _set(("type",), ["EndOfStream"])),
-    "version true": _hostile("EndOfStream", _set(("v",), True)),
-    "NaN boxes": _hostile("FrameDetections", buffers=[IMAGE.tobytes(), np.float32([[np.nan, 0, 1, 1], [0, 0, 1, 1]])
-                                                      .tobytes(), np.float32([0.5, 0.9]).tobytes()]),
-    "1-D boxes": _hostile("FrameDetections", _set(("arrays", 1, "shape"), [8])),
-    "boxes out of range": _hostile("FrameDetections", buffers=[IMAGE.tobytes(), np.float32([[1e30, 0, 1, 1]] * 2)
-                                                               .tobytes(), np.float32([0.5, 0.9]).tobytes()]),
-    "columns disagree": _hostile("FrameDetections", _set(("fields", "det_labels"), ["a"])),
-    "labels not strings": _hostile("FrameDetections", _set(("fields", "det_labels"), [1, 2])),
-    "labels a string": _hostile("FrameDetections", _set(("fields", "det_labels"), "ab")),
-    "lone surrogate": _hostile("EndOfStream", _set(("fields", "source"), "\udcff")),
-    "ts as string": _hostile("Frame", _set(("fields", "ts"), "5.0")),
-    "ts huge int": _hostile("Frame", _set(("fields", "ts"), 10 ** 400)),
-    "index negative": _hostile("Frame", _set(("fields", "index"), -1)),
-    "index a float": _hostile("Frame", _set(("fields", "index"), 1.0)),
-    "source too long": _hostile("Frame", _set(("fields", "source"), "s" * 5000)),
-    "0x0 image": _hostile("Frame", _set(("arrays", 0, "shape"), [0, 0, 3]), buffers=[b""]),
-    "image of floats": _hostile("Frame", _set(("arrays", 0, "dtype"), "float64"),
-                                buffers=[IMAGE.astype(np.float64).tobytes()]),
-    "image 2-D": _hostile("Frame", _set(("arrays", 0, "shape"), [2, 9])),
-    "NaN embedding": _hostile("UnseenBatch", buffers=[np.float32([[np.nan, 0, 0]]).tobytes(), np.int64([4]).tobytes(),
-                                                      np.zeros(12, np.uint8).tobytes()]),
-    "seen byte 2": _hostile("LabeledFrame", buffers=[np.asarray(b).tobytes() for b in encode(TINY["LabeledFrame"])[1:4]]
-                            + [b"\x02\x00"] + [np.asarray(b).tobytes() for b in encode(TINY["LabeledFrame"])[5:]]),
-    "NaN distance": _hostile("LabeledFrame", buffers=[np.asarray(b).tobytes() for b in encode(TINY["LabeledFrame"])[1:5]]
-                             + [np.float32([np.nan, 1]).tobytes(), np.int64([3, -1]).tobytes()]),
-    "ClassUpdate columns disagree": _hostile("ClassUpdate", _set(("fields", "names"), ["x"])),
-    "ClassUpdate NaN centroid": _hostile("ClassUpdate", buffers=[np.float32([[np.nan, 0, 0], [0, 1, 0]]).tobytes()]
-                                         + [np.asarray(b).tobytes() for b in encode(TINY["ClassUpdate"])[2:]]),
-    "ClassUpdate repeated name": _hostile("ClassUpdate", _set(("fields", "names"), ["x", "x"])),
-    "version 2e18": _hostile("ClassUpdate", _set(("fields", "version"), 2e18)),
-    "version 2*10^18": _hostile("ClassUpdate", _set(("fields", "version"), 2 * 10 ** 18)),
-    "NaN inside an event": [_hostile("Event")[0].replace(b"2.5", b"NaN")],
-    "Infinity inside an event": [_hostile("Event")[0].replace(b"2.5", b"-Infinity")],
-    "1e400 inside an event": [_hostile("Event")[0].replace(b"2.5", b"1e400")],
-    "event without ts": _hostile("Event", _set(("fields", "record"), {"type": "x"})),
-    "event record a list": _hostile("Event", _set(("fields", "record"), [1])),
-    "frames negative": _hostile("EndOfStream", _set(("fields", "frames"), -5)),
-    "not bytes": ["a string"],
-    "no frames": [],
+def nested(depth: int) -> bytes:
+    return (b'{"v":1,"type":"Event","fields":{"record":{"type":"x","ts":1,"a":' + b"[" * depth + b"]" * depth
+            + b'}},"arrays":[]}')
+
+
+F32 = np.float32
+HOSTILE = {  # name: (frames, what the error must mention)
+    "shape [2^32, 2^32]": (hostile("UnseenBatch", ("arrays", 0, "shape"), [2 ** 32, 2 ** 32]), "shape"),
+    "shape 1e400": (hostile("UnseenBatch", text=(b'"shape": [1, 3]', b'"shape": [1e400, 3]')), "1e400"),
+    "shape of floats": (hostile("UnseenBatch", ("arrays", 0, "shape"), [1.0, 3.0]), "shape"),
+    "shape of bools": (hostile("UnseenBatch", ("arrays", 1, "shape"), [True]), "shape"),
+    "shape of strings": (hostile("UnseenBatch", ("arrays", 1, "shape"), ["1"]), "shape"),
+    "rank 5": (hostile("UnseenBatch", ("arrays", 2, "shape"), [1, 1, 2, 2, 3]), "shape"),
+    "header nested 10^5 deep": ([b"[" * 10 ** 5 + b"]" * 10 ** 5], "deep"),
+    "record nested 10^5 deep": ([nested(10 ** 5)], "deep"),
+    "record nested 100 deep": ([nested(100)], "deep"),
+    "header over the size limit": ([b" " * (HEADER_MAX + 1) + b"{}"], "bytes"),
+    "array name a list": (hostile("UnseenBatch", ("arrays", 0, "name"), ["embeddings"]), "array field"),
+    "array name a dict": (hostile("UnseenBatch", ("arrays", 0, "name"), {"embeddings": 1}), "array field"),
+    "array name repeated": (hostile("UnseenBatch", ("arrays", 1, "name"), "embeddings"), "twice"),
+    "array name not a field": (hostile("UnseenBatch", ("arrays", 0, "name"), "image"), "array field"),
+    "array also a field": (hostile("UnseenBatch", ("fields", "track"), [4]), "no field"),
+    "type a list": (hostile("EndOfStream", ("type",), ["EndOfStream"]), "type"),
+    "version true": (hostile("EndOfStream", ("v",), True), "protocol"),
+    "NaN boxes": (hostile("FrameDetections", buffer=(1, F32([[np.nan, 0, 1, 1], [0, 0, 1, 1]]).tobytes())), "xyxy"),
+    "1-D boxes": (hostile("FrameDetections", ("arrays", 1, "shape"), [8]), "xyxy"),
+    "boxes out of range": (hostile("FrameDetections", buffer=(1, F32([[1e30, 0, 1, 1]] * 2).tobytes())), "xyxy"),
+    "columns disagree": (hostile("FrameDetections", ("fields", "det_labels"), ["a"]), "rows"),
+    "labels not strings": (hostile("FrameDetections", ("fields", "det_labels"), [1, 2]), "det_labels"),
+    "labels a string": (hostile("FrameDetections", ("fields", "det_labels"), "ab"), "det_labels"),
+    "lone surrogate": (hostile("EndOfStream", ("fields", "source"), "\udcff"), "source"),
+    "ts as string": (hostile("Frame", ("fields", "ts"), "5.0"), "ts"),
+    "ts huge int": (hostile("Frame", ("fields", "ts"), 10 ** 400), "ts"),
+    "index negative": (hostile("Frame", ("fields", "index"), -1), "index"),
+    "index a float": (hostile("Frame", ("fields", "index"), 1.0), "index"),
+    "source too long": (hostile("Frame", ("fields", "source"), "s" * 5000), "source"),
+    "0x0 image": (hostile("Frame", ("arrays", 0, "shape"), [0, 0, 3], buffer=(0, b"")), "image"),
+    "image of floats": (hostile("Frame", ("arrays", 0, "dtype"), "float64",
+                                buffer=(0, IMAGE.astype(np.float64).tobytes())), "image"),
+    "image 2-D": (hostile("Frame", ("arrays", 0, "shape"), [2, 9]), "image"),
+    "NaN embedding": (hostile("UnseenBatch", buffer=(0, F32([[np.nan, 0, 0]]).tobytes())), "embeddings"),
+    "seen byte 2": (hostile("LabeledFrame", buffer=(3, b"\x02\x00")), "bool"),
+    "NaN distance": (hostile("LabeledFrame", buffer=(4, F32([np.nan, 1]).tobytes())), "distance"),
+    "ClassUpdate columns disagree": (hostile("ClassUpdate", ("fields", "names"), ["x"]), "centroids"),
+    "ClassUpdate NaN centroid": (hostile("ClassUpdate", buffer=(0, F32([[np.nan, 0, 0], [0, 1, 0]]).tobytes())),
+                                 "centroids"),
+    "ClassUpdate repeated name": (hostile("ClassUpdate", ("fields", "names"), ["x", "x"]), "repeat"),
+    "version 2e18": (hostile("ClassUpdate", ("fields", "version"), 2e18), "version"),
+    "version 2*10^18": (hostile("ClassUpdate", ("fields", "version"), 2 * 10 ** 18), "version"),
+    "NaN inside an event": (hostile("Event", text=(b"2.5", b"NaN")), "NaN"),
+    "Infinity inside an event": (hostile("Event", text=(b"2.5", b"-Infinity")), "Infinity"),
+    "1e400 inside an event": (hostile("Event", text=(b"2.5", b"1e400")), "1e400"),
+    "event without ts": (hostile("Event", ("fields", "record"), {"type": "x"}), "ts"),
+    "event record a list": (hostile("Event", ("fields", "record"), [1]), "record"),
+    "frames negative": (hostile("EndOfStream", ("fields", "frames"), -5), "frames"),
+    "not bytes": (["a string"], "bytes"),
+    "no frames": ([], "empty"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
 def test_hostile_messages_are_rejected(name):
-    with pytest.raises(WireError):
-        decode(HOSTILE[name])
+    frames, mentions = HOSTILE[name]
+    with pytest.raises(WireError, match=mentions):
+        decode(frames)
 
 
 def test_local_events_with_nan_are_sanitized(tmp_path):
