@@ -83,8 +83,12 @@ def run(stage: StageProcess) -> int:
                 stage.emit(event.pop("type"), **event)
         msg = inbox.recv(0) if inbox.sock in ready else None
         if isinstance(msg, UnseenBatch):
-            buffer.add(msg.embeddings, msg.track, msg.thumbs)
-            new_rows += len(msg)
+            dim = gate.centroids.shape[1] if len(gate) else buffer.embeddings.shape[1] if len(buffer) else None
+            if dim is not None and msg.embeddings.shape[1] != dim:
+                inbox.reject(f"unseen embeddings of dim {msg.embeddings.shape[1]}, this run's are {dim}")
+            else:
+                buffer.add(msg.embeddings, msg.track, msg.thumbs)
+                new_rows += len(msg)
         if isinstance(msg, EndOfStream) or (new_rows >= s.min_new and time.monotonic() - last_run >= s.period_s):
             cluster_now()
     if g.memory:
