@@ -27,6 +27,7 @@ class DiscoveryRules:
     anchors: int = 32          # newest stored members per known class clustered with the buffer
     hold: float = 0.5          # a group holding more than this share of a class's anchors *is* that class
     max_members: int = 256     # member embeddings kept per class (centroid, radius, anchors)
+    restarts: int = 3          # Leiden runs per round; the highest-modularity partition is kept
     seed: int = 0
 
     @classmethod
@@ -129,23 +130,23 @@ class Outcome:
         return bool(self.new or self.grown or self.merged)
 
 
-def communities(x: np.ndarray, k: int, resolution: float, seed: int = 0,
-                neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def communities(x: np.ndarray, k: int, resolution: float, seed: int = 0, restarts: int = 3) -> np.ndarray:
     """x: (N, D) normalized -> community id per row (N,) int64: Leiden (modularity with `resolution`) on
-    the symmetrized graph of each row's k nearest neighbours. Ranks only, no similarity threshold."""
+    the symmetrized graph of each row's k nearest neighbours, the best of `restarts` seeded runs (Leiden
+    is randomized; the highest-modularity partition is kept). Ranks only, no similarity threshold."""
     n = len(x)
     if n < 3:
         return np.zeros(n, np.int64)
-    nbrs, _ = neighbours if neighbours is not None else knn(x, min(k, n - 1), seed)
+    nbrs, _ = knn(x, min(k, n - 1), seed)
     rows = np.repeat(np.arange(n), nbrs.shape[1])
     cols = nbrs.ravel()
     ok = cols >= 0
     a, b = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
     edges = np.unique(a * n + b)
     graph = igraph.Graph(n=n, edges=np.stack([edges // n, edges % n], axis=1).tolist())
-    part = leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition,
-                                    resolution_parameter=resolution, seed=seed, n_iterations=-1)
-    return np.asarray(part.membership, np.int64)
+    runs = [leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition, resolution_parameter=resolution,
+                                     seed=seed + r, n_iterations=-1) for r in range(max(restarts, 1))]
+    return np.asarray(max(runs, key=lambda p: p.quality()).membership, np.int64)
 
 
 def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> np.ndarray:
@@ -207,7 +208,7 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     obj = objects(x, tracks, *knn(x, min(rules.k, len(x) - 1), rules.seed))
     reps = _representatives(obj, rules.per_track)
     anchors, owners, _ = class_anchors(gate, rules.anchors, x[reps])
-    comm_nodes = communities(np.vstack([x[reps], anchors]), rules.k, rules.resolution, rules.seed)
+    comm_nodes = communities(np.vstack([x[reps], anchors]), rules.k, rules.resolution, rules.seed, rules.restarts)
     # every row takes its object's community (the one most of the object's representatives joined)
     comm = _majority(obj, obj[reps], comm_nodes[:len(reps)])
     anchor_comm = comm_nodes[len(reps):]

@@ -93,6 +93,7 @@ class ClusterSettings:
     hold: float = field(default=0.5, metadata=between(0, 1))      # a group holding more than this share of a
     #                                                               discovered class's members is that class
     max_members: int = field(default=256, metadata=at_least(2))   # member embeddings kept per class
+    restarts: int = field(default=3, metadata=at_least(1))        # Leiden runs per round; the best partition wins
     seed: int = field(default=0, metadata=at_least(0))            # Leiden's and the kNN search's seed
     examples: int = field(default=8, metadata=at_least(0))        # example crops saved per class, to name it
     crops_dir: str | None = None  # where; None = beside the memory file (<memory>.crops/), or nowhere
