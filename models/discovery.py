@@ -19,7 +19,7 @@ class DiscoveryRules:
     """Every knob is a rank, a count, a share or a resolution — none is a distance or a similarity, so
     one default serves every embedder and domain."""
     k: int = 15                # neighbours per row in the kNN graph
-    resolution: float = 0.5    # Leiden modularity resolution; at 0.5 one Gaussian blob is never split (1.0 shatters it)
+    resolution: float = 0.4    # Leiden modularity resolution; at <= 0.5 one Gaussian blob is never split (1.0 shatters it)
     min_size: int = 6          # rows a new class needs
     min_tracks: int = 3        # ... from at least this many tracks (untracked rows count one each)
     min_objects: int = 2       # ... showing at least this many distinct objects (see `objects`)

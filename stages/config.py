@@ -82,7 +82,7 @@ class ClusterSettings:
     period_s: float = field(default=2.0, metadata=at_least(0))    # cluster at most this often
     min_new: int = field(default=16, metadata=at_least(1))        # ... and only after this many new unseen rows
     k: int = field(default=15, metadata=at_least(1))              # neighbours per row in the kNN graph
-    resolution: float = field(default=0.5, metadata=above(0))     # Leiden modularity resolution: 0.5 never
+    resolution: float = field(default=0.4, metadata=above(0))     # Leiden modularity resolution: <= 0.5 never
     #                                                               splits one Gaussian blob, 1.0 shatters it
     min_size: int = field(default=6, metadata=at_least(2))        # rows a new class needs
     min_tracks: int = field(default=3, metadata=at_least(1))      # ... from this many tracks (untracked rows count one each)
