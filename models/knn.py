@@ -67,7 +67,7 @@ def _candidates(x: np.ndarray, c: int, seed: int) -> tuple[np.ndarray, np.ndarra
     y = _pca_project(x, REDUCED_DIM, seed)  # (N, R)
     n, r = y.shape
     cells = int(np.clip(4 * np.sqrt(n), 1, n // 16))
-    km = faiss.Kmeans(r, cells, niter=8, seed=seed, max_points_per_centroid=16)
+    km = faiss.Kmeans(r, cells, niter=8, seed=seed, max_points_per_centroid=16, min_points_per_centroid=4)
     km.train(y[np.sort(np.random.default_rng(seed).choice(n, min(n, 16 * cells), replace=False))])
     cell = km.index.search(y, 1)[1][:, 0]  # (N,)
     probes = np.argsort(-(km.centroids @ km.centroids.T), axis=1, kind="stable")[:, :PROBES]  # (cells, P)
