@@ -12,7 +12,9 @@ igraph's own community_leiden (modularity, resolution 0.5: the same objective). 
 deduplicate (0.95) + knn_components (k 10, similarity 0.6), frozen in benchmarks/baseline/kch_v1.py;
 a baseline size projected (quadratic in rows) above --budget seconds is not run, and its projection is
 printed marked "~". Gate: per frame of 20 boxes, 1280-d, Gate.classify vs benchmarks/baseline/sddc_v1.py.
-Times are wall seconds, median of repeats; the machine's load average is printed with them.
+Times are wall seconds (and CPU seconds over all threads), median of repeats; the machine's load
+average is printed with them. On a shared machine --threads 1 gives the steadiest figures: CPU
+seconds then approximate wall seconds on an idle core.
 """
 from __future__ import annotations
 
@@ -93,14 +95,16 @@ def today(x: np.ndarray) -> np.ndarray:
     return kch_v1.knn_components(x[keep], 10, 0.6)
 
 
-def timed(fn, *args, repeats: int = 1, best: bool = False) -> tuple[float, object]:
-    """Median (or best) wall seconds of fn(*args) over repeats, and its last result."""
-    times, out = [], None
+def timed(fn, *args, repeats: int = 1, best: bool = False) -> tuple[float, float, object]:
+    """Median (or best) wall and CPU seconds (all threads) of fn(*args) over repeats; its last result."""
+    walls, cpus, out = [], [], None
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn(*args)
-        times.append(time.perf_counter() - t)
-    return float(min(times) if best else np.median(times)), out
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    pick = min if best else np.median
+    return float(pick(walls)), float(pick(cpus)), out
 
 
 def recall_at_k(x: np.ndarray, nbrs: np.ndarray, sample: int = 1000) -> float:
@@ -115,7 +119,7 @@ def recall_at_k(x: np.ndarray, nbrs: np.ndarray, sample: int = 1000) -> float:
 def bench_clustering(sizes: list[int], dims: list[int], budget: float, embeddings: Path) -> None:
     runs = ours()
     source = f"real ({embeddings.name})" if embeddings.exists() else "Gaussian blobs"
-    print(f"\n## Clustering ({source}), seconds; ours: " + "; ".join(f"{c} = {name}" for c, (name, _) in zip("AB", runs)))
+    print(f"\n## Clustering ({source}), seconds wall / CPU; ours: " + "; ".join(f"{c} = {name}" for c, (name, _) in zip("AB", runs)))
     print("| rows | dim | knn | recall@15 | " + " | ".join(f"{c} total (clusters)" for c in "AB"[:len(runs)])
           + " | today (dedup + mutual kNN) |")
     print("|---|---|---|---|" + "---|" * len(runs) + "---|")
@@ -123,18 +127,18 @@ def bench_clustering(sizes: list[int], dims: list[int], budget: float, embedding
         last = None  # (rows, seconds) of today's largest measured run
         for n in sizes:
             x = real_rows(embeddings, n, dim) if embeddings.exists() else blob_rows(n, dim)
-            t_knn, (nbrs, _) = timed(knn, x, K)
+            t_knn, c_knn, (nbrs, _) = timed(knn, x, K)
             cells = []
             for _, fn in runs:
-                t, labels = timed(fn, x)
-                cells.append(f"{t:.2f} ({len(np.unique(labels))})")
+                t, c, labels = timed(fn, x)
+                cells.append(f"{t:.2f} / {c:.2f} ({len(np.unique(labels))})")
             projected = last[1] * (n / last[0]) ** 2 if last else 0.0
             if projected > budget:
                 today_s = f"~{projected:.0f} (projected, not run)"
             else:
-                t_today, _ = timed(today, x)
-                last, today_s = (n, t_today), f"{t_today:.2f}"
-            print(f"| {n} | {dim} | {t_knn:.2f} | {recall_at_k(x, nbrs):.3f} | " + " | ".join(cells)
+                t_today, c_today, _ = timed(today, x)
+                last, today_s = (n, t_today), f"{t_today:.2f} / {c_today:.2f}"
+            print(f"| {n} | {dim} | {t_knn:.2f} / {c_knn:.2f} | {recall_at_k(x, nbrs):.3f} | " + " | ".join(cells)
                   + f" | {today_s} |", flush=True)
 
 
@@ -162,7 +166,7 @@ def bench_gate(class_counts: list[int], dim: int = 1280) -> None:
         same = np.array_equal(new[0], old[0]) and np.array_equal(new[1], old[1])
         t_new = [timed(gate.classify, boxes, repeats=30, best=b)[0] for b in (False, True)]
         t_old = [timed(sddc_v1.classify, gate.centroids, gate.radii, gate.set_ids, boxes, repeats=reps, best=b)[0]
-                 for b in (False, True)]
+                 for b in (False, True)]  # wall
         print(f"| {k} | {1e3 * t_new[0]:.1f} ({1e3 * t_new[1]:.1f}) | {1e3 * t_old[0]:.1f} ({1e3 * t_old[1]:.1f}) "
               f"| {same} |", flush=True)
 
@@ -174,7 +178,12 @@ def main() -> None:
     p.add_argument("--classes", default="10,100,1000,10000")
     p.add_argument("--budget", type=float, default=120.0, help="seconds above which today's code is projected")
     p.add_argument("--embeddings", type=Path, default=Path("/work/data/eval0/embeddings-efficientnet_lite0-128.npz"))
+    p.add_argument("--threads", type=int, default=0, help="faiss and BLAS threads (0: leave as set)")
     a = p.parse_args()
+    if a.threads:
+        from threadpoolctl import threadpool_limits
+        faiss.omp_set_num_threads(a.threads)
+        threadpool_limits(a.threads)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"CPU: {cpu}, {os.cpu_count()} cores; faiss threads {faiss.omp_get_max_threads()}; "
           f"load average at start {os.getloadavg()[0]:.1f}")
