@@ -132,18 +132,25 @@ class Outcome:
 
 def communities(x: np.ndarray, k: int, resolution: float, seed: int = 0, restarts: int = 3) -> np.ndarray:
     """x: (N, D) normalized -> community id per row (N,) int64: Leiden (modularity with `resolution`) on
-    the symmetrized graph of each row's k nearest neighbours, the best of `restarts` seeded runs (Leiden
-    is randomized; the highest-modularity partition is kept). Ranks only, no similarity threshold."""
-    n = len(x)
+    the symmetrized graph of each row's k nearest neighbours. Ranks only, no similarity threshold."""
+    if len(x) < 3:
+        return np.zeros(len(x), np.int64)
+    return partition(knn(x, min(k, len(x) - 1), seed)[0], resolution, seed, restarts)
+
+
+def partition(nbrs: np.ndarray, resolution: float, seed: int = 0, restarts: int = 3) -> np.ndarray:
+    """nbrs: (N, k) neighbour indices (-1 = none) -> community id per row (N,) int64: the best of
+    `restarts` seeded Leiden runs on the symmetrized graph (Leiden is randomized; the partition with
+    the highest modularity is kept)."""
+    n = len(nbrs)
     if n < 3:
         return np.zeros(n, np.int64)
-    nbrs, _ = knn(x, min(k, n - 1), seed)
     rows = np.repeat(np.arange(n), nbrs.shape[1])
     cols = nbrs.ravel()
-    ok = cols >= 0
+    ok = (cols >= 0) & (cols != rows)
     a, b = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
     edges = np.unique(a * n + b)
-    graph = igraph.Graph(n=n, edges=np.stack([edges // n, edges % n], axis=1).tolist())
+    graph = igraph.Graph(n=n, edges=np.stack([edges // n, edges % n], axis=1))
     runs = [leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition, resolution_parameter=resolution,
                                      seed=seed + r, n_iterations=-1) for r in range(max(restarts, 1))]
     return np.asarray(max(runs, key=lambda p: p.quality()).membership, np.int64)
@@ -153,7 +160,8 @@ def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarra
     """Object id per row (N,): rows of one track are one object, and two tracks are one object when
     some of their views lie closer than either track's own views lie to each other (one thing that
     lingered in view and was re-tracked). The scale comes from the data: a track's spread is the
-    largest distance between its own views (tracks with one view take the median spread). Untracked
+    largest distance between its own views, capped at the median track's (tracks with one view take
+    the median). Untracked
     rows (-1) are objects of their own. nbrs/sims: (N, k) neighbours and cosines of x."""
     n = len(x)
     if n == 0:
@@ -166,8 +174,10 @@ def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarra
         if len(group) > 1 and tracks[group[0]] >= 0:
             views = x[group]
             spread[t[group[0]]] = float(np.sqrt(max(2 - 2 * float((views @ views.T).min()), 0.0)))
-    fallback = float(np.nanmedian(spread)) if np.isfinite(spread).any() else 0.0
-    spread = np.where(np.isnan(spread), fallback, spread)
+    # a track whose views disagree (the tracker swapped objects) must not join half the buffer: no
+    # track's spread counts for more than the median track's
+    typical = float(np.nanmedian(spread)) if np.isfinite(spread).any() else 0.0
+    spread = np.minimum(np.where(np.isnan(spread), typical, spread), typical)
     rows = np.repeat(np.arange(n), nbrs.shape[1])
     cols, dist = nbrs.ravel(), np.sqrt(np.maximum(2 - 2 * sims.ravel(), 0))
     ok = (cols >= 0)
@@ -205,11 +215,17 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     x, tracks, ids = buffer.embeddings, buffer.tracks, buffer.ids
     if len(x) < rules.min_size:
         return out
-    obj = objects(x, tracks, *knn(x, min(rules.k, len(x) - 1), rules.seed))
+    # one kNN search serves both steps: the buffer rows and the known classes' members together
+    anchors, owners, _ = class_anchors(gate, rules.anchors, x)
+    nodes = np.vstack([x, anchors])
+    nbrs, sims = knn(nodes, min(rules.k, len(nodes) - 1), rules.seed)
+    own = nbrs[:len(x)] < len(x)  # among buffer rows only
+    obj = objects(x, tracks, np.where(own, nbrs[:len(x)], -1), np.where(own, sims[:len(x)], -np.inf))
     reps = _representatives(obj, rules.per_track)
-    anchors, owners, _ = class_anchors(gate, rules.anchors, x[reps])
-    comm_nodes = communities(np.vstack([x[reps], anchors]), rules.k, rules.resolution, rules.seed, rules.restarts)
-    # every row takes its object's community (the one most of the object's representatives joined)
+    kept = np.concatenate([reps, len(x) + np.arange(len(anchors))])
+    index = np.full(len(nodes) + 1, -1, np.int64)  # node -> its place among the kept nodes; -1 maps to -1
+    index[kept] = np.arange(len(kept))
+    comm_nodes = partition(index[nbrs[kept]], rules.resolution, rules.seed, rules.restarts)
     comm = _majority(obj, obj[reps], comm_nodes[:len(reps)])
     anchor_comm = comm_nodes[len(reps):]
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
