@@ -247,3 +247,17 @@ def load_gate(path: str | Path) -> Gate:
     if gate.centroids.shape[0] != k or any(len(a) != k for a in (gate.radii, gate.sizes, gate.set_ids, gate.discovered)):
         raise ValueError(f"class memory {path} is inconsistent: {k} names but other columns disagree")
     return gate
+
+
+class MemoryFileError(ValueError):
+    """A class memory file that cannot be used; the message says what is wrong with it."""
+
+
+def load_memory(path: str | Path | None, set_size: int) -> Gate:
+    """The class memory file if it exists (a path that does not exist yet starts empty)."""
+    if path and Path(path).exists():
+        try:
+            return load_gate(path)
+        except ValueError as exc:
+            raise MemoryFileError(f"gate.memory: {exc}") from None
+    return Gate.empty(set_size=set_size)

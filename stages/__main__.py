@@ -6,12 +6,13 @@ import logging
 import sys
 
 from models.registry import ModelError
+from models.sddc import MemoryFileError
 from stages.config import ConfigError, Settings
 from stages.process import StageProcess, die_with_parent
 from stream.sources import SourceError
 
 STAGES = ("capture", "detect", "embed", "gate", "cluster", "sink")
-EXPECTED_ERRORS = (SourceError, ModelError, ConfigError, OSError)
+EXPECTED_ERRORS = (SourceError, ModelError, ConfigError, MemoryFileError, OSError)
 
 
 def main(argv: list[str]) -> int:

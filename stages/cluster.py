@@ -8,17 +8,16 @@ import numpy as np
 import zmq
 
 from models.discovery import DiscoveryRules, UnseenBuffer, discover
-from models.sddc import Gate, save_gate
+from models.sddc import Gate, load_memory, save_gate
 from stages.classes import handle
 from stages.config import ClusterSettings
 from stages.crops import private_folder, write_png
-from stages.gate import load_memory
 from stages.process import StageProcess
 from stream.messages import ClassUpdate, EndOfStream, UnseenBatch
 from stream.sockets import Inbox, send
 
 
-def save_examples(folder: Path, thumbs: np.ndarray, limit: int) -> None:
+def save_examples(folder: Path, thumbs: list[np.ndarray], limit: int) -> None:
     """Up to `limit` example crops per class folder (numbered PNGs, owner-only: they show people); a person
     looks at them to name the class."""
     private_folder(folder)
@@ -87,7 +86,7 @@ def run(stage: StageProcess) -> int:
             if dim is not None and msg.embeddings.shape[1] != dim:
                 inbox.reject(f"unseen embeddings of dim {msg.embeddings.shape[1]}, this run's are {dim}")
             else:
-                buffer.add(msg.embeddings, msg.track, msg.thumbs)
+                buffer.add(msg.embeddings, msg.track, msg.examples())
                 new_rows += len(msg)
         if isinstance(msg, EndOfStream) or (new_rows >= s.min_new and time.monotonic() - last_run >= s.period_s):
             cluster_now()

@@ -71,7 +71,8 @@ class GateSettings:
     vote_window: int = field(default=15, metadata=at_least(1))  # decisions per track the vote looks at
     vote_min: int = field(default=3, metadata=at_least(1))      # ... needs at least this many
     vote_share: float = field(default=0.6, metadata=between(0, 1))  # ... and this share for the majority label
-    thumb: int = field(default=64, metadata=between(1, 1024))  # side (px) of example crops sent to clustering
+    thumb: int = field(default=128, metadata=between(1, 1024))  # longest side (px) of the example crops sent to
+    #                                                               clustering (aspect kept, smaller ones as they are)
 
 
 @dataclass(frozen=True)

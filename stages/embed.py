@@ -4,22 +4,12 @@ from __future__ import annotations
 import numpy as np
 import zmq
 
+from models.boxes import crop
 from models.detections import Embedder
 from models.registry import EMBEDDERS
 from stages.process import StageProcess, limit_threads
 from stream.messages import EndOfStream, FrameDetections, FrameEmbeddings
 from stream.sockets import Inbox
-
-
-def crop(image: np.ndarray, xyxy: np.ndarray) -> list[np.ndarray]:
-    """Box crops (views), boxes rounded outward and clipped to the image; at least 1x1."""
-    h, w = image.shape[:2]
-    out = []
-    for x1, y1, x2, y2 in xyxy:
-        x1, y1 = min(max(int(np.floor(x1)), 0), w - 1), min(max(int(np.floor(y1)), 0), h - 1)
-        x2, y2 = max(min(int(np.ceil(x2)), w), x1 + 1), max(min(int(np.ceil(y2)), h), y1 + 1)
-        out.append(image[y1:y2, x1:x2])
-    return out
 
 
 def embed(model: Embedder, msgs: list[FrameDetections]) -> list[FrameEmbeddings]:

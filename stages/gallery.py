@@ -9,10 +9,10 @@ import numpy as np
 
 from models.detections import Embedder
 from models.registry import EMBEDDERS, ModelError
-from models.sddc import Gate, check_name, normalize, save_gate
+from models.boxes import example
+from models.sddc import Gate, MemoryFileError, check_name, load_memory, normalize, save_gate
 from stages.config import ConfigError, Settings
 from stages.crops import class_folder, private_folder, write_png
-from stages.gate import letterbox, load_memory
 from stream.sources import IMAGE_SUFFIXES
 
 
@@ -35,12 +35,15 @@ def read_gallery(folder: Path) -> dict[str, list[np.ndarray]]:
     return classes
 
 
-def build(gate: Gate, embedder: Embedder, classes: dict[str, list[np.ndarray]], alpha: float) -> list[str]:
-    """Adds (or replaces) one class per gallery folder: centroid and radius from its images' embeddings."""
+def build(gate: Gate, embedder: Embedder, classes: dict[str, list[np.ndarray]], alpha: float,
+          keep: int = 256) -> list[str]:
+    """Adds (or replaces) one class per gallery folder the way discovery builds a class: centroid and
+    radius from its images' embeddings, the newest `keep` kept as members (so it anchors clustering).
+    Gallery classes are seen classes: a person defined them, discovery never grows them."""
     for name, images in classes.items():
         if name in gate.names:
             gate.remove(name)
-        gate.add_members(name, normalize(embedder.embed(images)), alpha)
+        gate.add_members(name, normalize(embedder.embed(images))[-keep:], alpha, discovered=False)
     return list(classes)
 
 
@@ -50,17 +53,17 @@ def main(settings: Settings, folder: str) -> int:
     try:
         classes = read_gallery(Path(folder))
         embedder = EMBEDDERS.create(e.model, weights=e.weights, device=e.device, **e.options)
-    except (ConfigError, ModelError) as exc:
+        gate = load_memory(g.memory, g.set_size)
+    except (ConfigError, ModelError, MemoryFileError) as exc:
         print(f"owd gallery: {exc}", file=sys.stderr)
         return 2
-    gate = load_memory(g.memory, g.set_size)
-    names = build(gate, embedder, classes, g.alpha)
+    names = build(gate, embedder, classes, g.alpha, settings.cluster.max_members)
     save_gate(gate, g.memory)
     crops = settings.crops_dir
     for name in names:
         folder = private_folder(class_folder(crops, name))
         for i, image in enumerate(classes[name][:settings.cluster.examples]):
-            write_png(folder / f"gallery-{i:03d}.png", letterbox(image, g.thumb))
+            write_png(folder / f"gallery-{i:03d}.png", example(image, g.thumb))
     print(f"owd: gallery classes {', '.join(names)} -> {g.memory}", file=sys.stderr)
     return 0
 

@@ -3,21 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import zmq
 
-from models.sddc import UNSEEN, Gate, load_gate, normalize
+from models.boxes import crop, example, pack
+from models.sddc import UNSEEN, Gate, load_memory, normalize
 from models.tracks import BoxTracker, LabelVotes
 from stages.config import ConfigError
-from stages.embed import crop
 from stages.process import StageProcess
 from stream.messages import ClassUpdate, EndOfStream, FrameEmbeddings, LabeledFrame, UnseenBatch
 from stream.sockets import Inbox, send
 
 
 def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, votes: LabelVotes | None = None,
-          thumb: int = 64) -> tuple[LabeledFrame, UnseenBatch]:
+          thumb: int = 128) -> tuple[LabeledFrame, UnseenBatch]:
     """Labels every box of one frame; returns the labeled frame and what goes to clustering.
 
     With a tracker, boxes get track ids and `votes` smooths each track's label; only boxes of
@@ -34,36 +33,14 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     labeled = LabeledFrame(msg.source, msg.index, msg.ts, msg.image, msg.xyxy, msg.scores, msg.det_labels,
                            tuple(labels), seen, distance, track)
     out = ~seen & (track >= 0) if tracker is not None else ~seen
-    thumbs = np.stack([letterbox(c, thumb) for c in crop(msg.image, msg.xyxy[out])]) if out.any() else \
-        np.zeros((0, thumb, thumb, 3), np.uint8)
-    return labeled, UnseenBatch(msg.source, msg.index, x[out], track[out], thumbs)
-
-
-def letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """The image scaled to fit size x size, aspect kept, centred on black."""
-    h, w = image.shape[:2]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    out = np.zeros((size, size, 3), np.uint8)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    out[top:top + nh, left:left + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-    return out
+    thumbs, hw = pack([example(c, thumb) for c in crop(msg.image, msg.xyxy[out])], thumb)
+    return labeled, UnseenBatch(msg.source, msg.index, x[out], track[out], thumbs, hw)
 
 
 def apply_update(update: ClassUpdate, set_size: int) -> Gate:
     """The gate's classes become exactly the update's (the cluster stage owns the class memory)."""
     return Gate(list(update.names), update.centroids.astype(np.float32), update.radii.astype(np.float32),
                 update.sizes.astype(np.int64), update.set_ids.astype(np.int64), set_size)
-
-
-def load_memory(path: str | None, set_size: int) -> Gate:
-    """The class memory file if it exists (a path that does not exist yet starts empty)."""
-    if path and Path(path).exists():
-        try:
-            return load_gate(path)
-        except ValueError as exc:
-            raise ConfigError(f"gate.memory: {exc}") from None
-    return Gate.empty(set_size=set_size)
 
 
 def run(stage: StageProcess) -> int:

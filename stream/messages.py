@@ -192,7 +192,9 @@ class UnseenBatch:
     index: int               # frame they came from
     embeddings: np.ndarray   # (N, D) float32
     track: np.ndarray        # (N,) int64, -1 where none
-    thumbs: np.ndarray | None = None  # (N, T, T, 3) uint8 BGR crops, letterboxed, for class examples
+    thumbs: np.ndarray | None = None  # (N, T, T, 3) uint8 BGR box crops for class examples, each in its
+    #                                    slot's top-left corner, as large as thumb_hw says (no padding)
+    thumb_hw: np.ndarray | None = None  # (N, 2) int32 height and width of each crop in its slot
 
     def __post_init__(self):
         _text(self, "source", self.source, SOURCE_MAX)
@@ -205,6 +207,18 @@ class UnseenBatch:
             t = _array(self, "thumbs", "u", (n, None, None, 3)).shape[1]
             if self.thumbs.dtype.itemsize != 1 or not 1 <= t <= SIDE_MAX or self.thumbs.shape[2] != t:
                 raise ValueError(f"thumbs must be (N, T, T, 3) uint8, got {self.thumbs.shape} {self.thumbs.dtype}")
+            if self.thumb_hw is not None:
+                _array(self, "thumb_hw", "i", (n, 2), 1, t)
+        elif self.thumb_hw is not None:
+            raise ValueError("thumb_hw without thumbs")
+
+    def examples(self) -> list[np.ndarray] | None:
+        """The example crop of each box at its own size, or None without thumbs."""
+        if self.thumbs is None:
+            return None
+        if self.thumb_hw is None:
+            return list(self.thumbs)
+        return [self.thumbs[i, :h, :w] for i, (h, w) in enumerate(self.thumb_hw)]
 
     def __len__(self) -> int:
         return len(self.embeddings)

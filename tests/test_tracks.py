@@ -6,7 +6,8 @@ import numpy as np
 from conftest import frame_fields
 from models.sddc import Gate
 from models.tracks import BoxTracker, LabelVotes
-from stages.gate import label, letterbox
+from models.boxes import example, pack, unpack
+from stages.gate import label
 from stream.messages import FrameEmbeddings
 
 
@@ -60,8 +61,13 @@ def test_gate_with_tracking_sends_only_confirmed_unseen_tracks():
     assert (labeled.track >= 0).all()
 
 
-def test_letterbox_keeps_aspect():
-    out = letterbox(np.full((40, 10, 3), 255, np.uint8), 32)
-    assert out.shape == (32, 32, 3)
-    cols = np.flatnonzero(out[16, :, 0] == 255)
-    assert 7 <= len(cols) <= 9 and out[:, 0].max() == 0  # 10/40 of the width, centred
+def test_examples_keep_the_box_small_ones_exactly():
+    small = np.random.default_rng(0).integers(0, 255, (40, 10, 3), np.uint8)
+    assert np.array_equal(example(small, 64), small)  # no padding, no resampling
+    big = example(np.zeros((300, 100, 3), np.uint8), 64)
+    assert big.shape == (64, 64, 3)  # only the sides longer than 64 shrink
+    tall = example(np.zeros((300, 30, 3), np.uint8), 64)
+    assert tall.shape == (64, 30, 3)
+    slots, hw = pack([small, tall], 64)
+    assert slots.shape == (2, 64, 64, 3) and hw.tolist() == [[40, 10], [64, 30]]
+    assert [u.shape for u in unpack(slots, hw)] == [(40, 10, 3), (64, 30, 3)]
