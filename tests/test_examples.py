@@ -37,7 +37,7 @@ def test_saved_examples_embed_like_the_live_boxes(embedder, tmp_path, vtest_vide
     a, b = normalize(embedder.embed(live)), normalize(embedder.embed(files))
     cos = (a * b).sum(axis=1)
     assert cos[0] > 0.9999 and cos[3] > 0.9999  # boxes that fit are saved as they are
-    assert cos.min() > 0.97, cos
+    assert cos.min() > 0.999, cos  # measured 0.9998 for the 80x250 box
     # the old 64 px letterboxed thumbnail on black did not embed like the box
     old = np.zeros((64, 64, 3), np.uint8)
     small = cv2.resize(live[1], (max(1, round(64 * 80 / 250)), 64), interpolation=cv2.INTER_AREA)
