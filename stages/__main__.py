@@ -5,13 +5,9 @@ import importlib
 import logging
 import sys
 
-from models.registry import ModelError
-from stages.config import ConfigError, Settings
-from stages.process import StageProcess, die_with_parent
-from stream.sources import SourceError
+from stages.process import die_with_parent, install_signals, start_heartbeat
 
 STAGES = ("capture", "detect", "embed", "gate", "cluster", "sink")
-EXPECTED_ERRORS = (SourceError, ModelError, ConfigError, OSError)
 
 
 def main(argv: list[str]) -> int:
@@ -19,7 +15,13 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m stages {{{','.join(STAGES)}}} < settings.json", file=sys.stderr)
         return 2
     name = argv[0]
+    install_signals()  # before the slow imports: a signal during start-up must not be a traceback
+    start_heartbeat()
     die_with_parent()
+    from models.registry import ModelError
+    from stages.config import ConfigError, Settings
+    from stages.process import StageProcess
+    from stream.sources import SourceError
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name:>7} %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD variant it tries
@@ -31,7 +33,7 @@ def main(argv: list[str]) -> int:
             return module.run(stage)
         finally:
             stage.close()
-    except EXPECTED_ERRORS as exc:
+    except (SourceError, ModelError, ConfigError, OSError) as exc:
         print(f"owd {name}: {exc}", file=sys.stderr)
         return 2
 

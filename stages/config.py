@@ -90,10 +90,14 @@ class TransportSettings:
     # name -> ipc:// or tcp:// address; None = ipc socket in the run's private temp folder
     endpoints: dict[str, str | None] = field(default_factory=dict)
     hwm: int = 8                 # messages queued per socket before PUSH blocks (file) or drops (live)
-    shutdown_timeout_s: float = 20.0
+    shutdown_timeout_s: float = 20.0  # a drain with no frame committed for this long gives up (lost ones are reported)
+    stall_timeout_s: float = 20.0  # a stage whose heartbeat is silent this long is killed and restarted
+    restart_limit: int = 5       # restarts per stage before the run fails
+    restart_backoff_s: float = 0.5  # wait before the first restart of a stage; doubles each time, at most 8 s
+    replay_window: int = 64      # file mode: frames sent but not yet logged that capture keeps to replay after a restart
 
 
-ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control")
+ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control", "acks")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from models.detections import Detector
 from models.registry import DETECTORS
 from stages.process import StageProcess, limit_threads
 from stream.messages import EndOfStream, Frame, FrameDetections
-from stream.sockets import Inbox
 
 
 def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box: int) -> list[FrameDetections]:
@@ -27,10 +26,12 @@ def run(stage: StageProcess) -> int:
     s = stage.settings.detect
     limit_threads(s.threads)
     model = DETECTORS.create(s.model, weights=s.weights, device=s.device, **s.options)
-    inbox = Inbox(stage.socket(zmq.PULL, "frames", bind=False), "detect", (Frame, EndOfStream))
-    out = stage.socket(zmq.PUSH, "detections", bind=True)
+    # Live: queues of one and batches of only what is already waiting, so the freshest frame goes through.
+    hwm = 1 if stage.live else None
+    inbox = stage.inbox(stage.socket(zmq.PULL, "frames", bind=False, hwm=hwm), "detect", (Frame, EndOfStream))
+    out = stage.socket(zmq.PUSH, "detections", bind=True, hwm=hwm)
     stage.started(model=s.model, batch_size=s.batch_size)
-    frames = stage.relay_batches(inbox, out, s.batch_size, s.batch_timeout_ms,
+    frames = stage.relay_batches(inbox, out, s.batch_size, 0 if stage.live else s.batch_timeout_ms,
                                  lambda batch: detect(model, batch, s.score_threshold, s.min_box))
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
     return 0

@@ -68,7 +68,7 @@ def load_memory(path: str | None, set_size: int) -> Gate:
 
 def run(stage: StageProcess) -> int:
     s = stage.settings.gate
-    inbox = Inbox(stage.socket(zmq.PULL, "embeddings", bind=False), "gate", (FrameEmbeddings, EndOfStream))
+    inbox = stage.inbox(stage.socket(zmq.PULL, "embeddings", bind=False), "gate", (FrameEmbeddings, EndOfStream))
     classes = Inbox(stage.socket(zmq.SUB, "classes", bind=False), "gate/classes", (ClassUpdate,))
     to_sink = stage.socket(zmq.PUSH, "labeled", bind=False)
     to_cluster = stage.socket(zmq.PUSH, "unseen", bind=False)
@@ -91,6 +91,8 @@ def run(stage: StageProcess) -> int:
                     votes.forget_except(set(gate.names))  # renamed, merged or deleted classes
                 stage.log.info("applied class update %d: %d classes", version, len(gate))
         if inbox.sock not in ready:
+            if stage.drained:
+                break  # supervised: told to stop and nothing left
             continue
         msg = inbox.recv(0)
         if isinstance(msg, EndOfStream):

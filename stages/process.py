@@ -1,4 +1,4 @@
-"""What every stage process shares: its sockets by endpoint name, its events, signals and parent death."""
+"""What every stage process shares: its sockets by endpoint name, its events, signals, heartbeat and parent death."""
 from __future__ import annotations
 
 import ctypes
@@ -6,16 +6,59 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 import zmq
 
 from stages.config import Settings
 from stream.batching import collect
 from stream.events import event
-from stream.sockets import open_socket, send
+from stream.messages import EndOfStream
+from stream.sockets import Inbox, open_socket, send
+from stream.sources import is_live
 
 _PR_SET_PDEATHSIG = 1
 _EVENTS_HWM = 1000  # events are small; a stage should not stall on the log
+HEARTBEAT_S = 1.0
+# Set by the supervisor of a whole run: end-of-stream messages are then ignored, the supervisor ends each stage.
+SUPERVISED_ENV, ATTEMPT_ENV, STOP_ENV, HEARTBEAT_ENV = "OWD_SUPERVISED", "OWD_ATTEMPT", "OWD_STOP", "OWD_HEARTBEAT_FD"
+QUIT = 3  # the sink's exit status when the user closed the window
+
+_flags = {"stop": os.environ.get(STOP_ENV) == "1", "replay": False, "terminated": False}
+
+
+def install_signals() -> None:
+    """First thing a stage does. SIGINT: stop (capture ends the stream; a supervised stage drains and
+    exits). SIGTERM (also the kernel's signal when the supervisor dies): clean up and exit at once.
+    SIGUSR1 (capture): a downstream stage was restarted, replay what was not committed."""
+    signal.signal(signal.SIGINT, lambda *_: _flags.__setitem__("stop", True))
+    signal.signal(signal.SIGUSR1, lambda *_: _flags.__setitem__("replay", True))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum, frame) -> None:
+    _flags["terminated"] = True
+    raise SystemExit(128 + signum)
+
+
+def start_heartbeat() -> None:
+    """A byte every HEARTBEAT_S on the pipe the supervisor gave us. A thread, so a long model call
+    still beats; a stopped or dead process does not."""
+    fd = os.environ.get(HEARTBEAT_ENV)
+    if not fd:
+        return
+
+    def beat(fd: int) -> None:
+        while True:
+            try:
+                os.write(fd, b".")
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # the supervisor is gone
+            time.sleep(HEARTBEAT_S)
+    threading.Thread(target=beat, args=(int(fd),), daemon=True, name="heartbeat").start()
 
 
 def die_with_parent() -> None:
@@ -36,18 +79,63 @@ def limit_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+class SupervisedInbox(Inbox):
+    """An inbox of a supervised stage: an end-of-stream message, which anyone could send, is
+    rejected; the supervisor decides when the stream ends."""
+
+    def recv(self, timeout_ms: int | None = None):
+        msg = super().recv(timeout_ms)
+        if isinstance(msg, EndOfStream):
+            self.rejected += 1
+            logging.getLogger(f"owd.{self.name}").warning(
+                "ignored an end-of-stream message: the supervisor ends this run")
+            return None
+        return msg
+
+
+class Committed:
+    """The frames of one source the sink has logged: every index below `below`, plus `above`;
+    `high` is one past the highest."""
+
+    def __init__(self):
+        self.below, self.high, self.above = 0, 0, set()
+
+    def add(self, index: int) -> None:
+        self.high = max(self.high, index + 1)
+        if index >= self.below:
+            self.above.add(index)
+            while self.below in self.above:
+                self.above.remove(self.below)
+                self.below += 1
+
+    def __contains__(self, index: int) -> bool:
+        return index < self.below or index in self.above
+
+    def merge(self, below: int, frames=(), high: int = 0) -> None:
+        """What an ack says; also how a live sink forgets old gaps (dropped frames are never replayed)."""
+        self.high = max(self.high, below, high)
+        if below > self.below:
+            self.below = below
+            self.above = {i for i in self.above if i >= below}
+        for i in frames:
+            self.add(int(i))
+
+
 class StageProcess:
     """Owns the ZeroMQ context and sockets of one stage, and its link to the sink's event log.
 
-    SIGINT only sets `stop_requested`: capture ends the stream when it sees it, and every other
-    stage keeps draining until the end-of-stream message reaches it. SIGTERM ends the process.
+    Unsupervised (a stage run alone, `--only`): SIGINT only sets `stop_requested`; capture ends the
+    stream when it sees it, and every other stage keeps draining until the end-of-stream message
+    reaches it. Supervised: end-of-stream messages are ignored; the supervisor sends SIGINT to each
+    stage in pipeline order once its upstream has exited, and the stage exits when its input is
+    drained (`drained`). SIGTERM ends the process either way, removing its ipc files.
     """
 
     def __init__(self, name: str, settings: Settings):
         self.name, self.settings = name, settings
         self.log = logging.getLogger(f"owd.{name}")
-        self.stop_requested = False
-        signal.signal(signal.SIGINT, self._on_sigint)
+        self.supervised = os.environ.get(SUPERVISED_ENV) == "1"
+        self.attempt = int(os.environ.get(ATTEMPT_ENV, "0"))  # 0: first start, n: n-th restart
         self.ctx = zmq.Context()
         self._sockets: list[zmq.Socket] = []
         self._ipc_files: list[str] = []
@@ -57,8 +145,32 @@ class StageProcess:
         else:
             self.events = self.socket(zmq.PUSH, "events", bind=False, hwm=_EVENTS_HWM)
 
-    def _on_sigint(self, signum, frame) -> None:
-        self.stop_requested = True
+    @property
+    def stop_requested(self) -> bool:
+        return _flags["stop"]
+
+    @property
+    def drained(self) -> bool:
+        """Supervised and told to stop: an idle input means this stage is done."""
+        return self.supervised and _flags["stop"]
+
+    def take_replay(self) -> bool:
+        """True once after each SIGUSR1 (a downstream stage was restarted)."""
+        asked, _flags["replay"] = _flags["replay"], False
+        return asked
+
+    @property
+    def live(self) -> bool:
+        c = self.settings.capture
+        return c.mode == "live" or (c.mode == "auto" and is_live(c.source))
+
+    def inbox(self, sock: zmq.Socket, name: str, accepts: tuple[type, ...]) -> Inbox:
+        return (SupervisedInbox if self.supervised else Inbox)(sock, name, accepts)
+
+    def forward_end(self, sock: zmq.Socket, eos) -> None:
+        """Pass the end of stream on (unsupervised runs only; supervised stages are ended by the supervisor)."""
+        if not self.supervised and eos is not None:
+            send(sock, eos)
 
     def socket(self, kind: int, endpoint: str, *, bind: bool, hwm: int | None = None) -> zmq.Socket:
         transport = self.settings.transport
@@ -84,17 +196,28 @@ class StageProcess:
             if eos is not None:
                 send(out, eos)
                 return count
+            if not batch and self.drained:
+                return count
 
     def started(self, **fields) -> None:
         self.emit("stage_started", pid=os.getpid(), **fields)
         self.log.info("started (pid %d)", os.getpid())
 
     def close(self) -> None:
-        for sock in self._sockets:
-            sock.close()
-        self.ctx.term()
+        """ipc files first (so even a close that hangs on a dead peer leaves none), then the sockets:
+        after SIGTERM without waiting for peers. The run's folder goes with the last stage's files."""
         for path in self._ipc_files:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        folders = {os.path.dirname(p) for p in self._ipc_files}
+        for sock in self._sockets:
+            sock.close(0 if _flags["terminated"] else None)
+        self.ctx.term()
+        for folder in folders:
+            if os.path.basename(folder).startswith("owd-"):
+                try:
+                    os.rmdir(folder)  # only once empty: the last stage out removes it
+                except OSError:
+                    pass
