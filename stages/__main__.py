@@ -1,11 +1,9 @@
 """Entry point of one stage process: `python -m stages NAME` with the settings as JSON on stdin."""
 from __future__ import annotations
 
-import importlib
-import logging
 import sys
 
-from stages.process import die_with_parent, install_signals, start_heartbeat
+from stages.lifecycle import die_with_parent, install_signals, start_heartbeat  # stdlib only: before slow imports
 
 STAGES = ("capture", "detect", "embed", "gate", "cluster", "sink")
 
@@ -18,6 +16,9 @@ def main(argv: list[str]) -> int:
     install_signals()  # before the slow imports: a signal during start-up must not be a traceback
     start_heartbeat()
     die_with_parent()
+    import importlib
+    import logging
+
     from models.registry import ModelError
     from stages.config import ConfigError, Settings
     from stages.process import StageProcess

@@ -1,73 +1,20 @@
-"""What every stage process shares: its sockets by endpoint name, its events, signals, heartbeat and parent death."""
+"""What every stage process shares: its sockets by endpoint name, its events, how it ends, what the sink committed."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
-import sys
-import threading
-import time
 
 import zmq
 
 from stages.config import Settings
+from stages.lifecycle import ATTEMPT_ENV, SUPERVISED_ENV, flags as _flags
 from stream.batching import collect
 from stream.events import event
 from stream.messages import EndOfStream
 from stream.sockets import Inbox, open_socket, send
 from stream.sources import is_live
 
-_PR_SET_PDEATHSIG = 1
 _EVENTS_HWM = 1000  # events are small; a stage should not stall on the log
-HEARTBEAT_S = 1.0
-# Set by the supervisor of a whole run: end-of-stream messages are then ignored, the supervisor ends each stage.
-SUPERVISED_ENV, ATTEMPT_ENV, STOP_ENV, HEARTBEAT_ENV = "OWD_SUPERVISED", "OWD_ATTEMPT", "OWD_STOP", "OWD_HEARTBEAT_FD"
-QUIT = 3  # the sink's exit status when the user closed the window
-
-_flags = {"stop": os.environ.get(STOP_ENV) == "1", "replay": False, "terminated": False}
-
-
-def install_signals() -> None:
-    """First thing a stage does. SIGINT: stop (capture ends the stream; a supervised stage drains and
-    exits). SIGTERM (also the kernel's signal when the supervisor dies): clean up and exit at once.
-    SIGUSR1 (capture): a downstream stage was restarted, replay what was not committed."""
-    signal.signal(signal.SIGINT, lambda *_: _flags.__setitem__("stop", True))
-    signal.signal(signal.SIGUSR1, lambda *_: _flags.__setitem__("replay", True))
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _on_sigterm(signum, frame) -> None:
-    _flags["terminated"] = True
-    raise SystemExit(128 + signum)
-
-
-def start_heartbeat() -> None:
-    """A byte every HEARTBEAT_S on the pipe the supervisor gave us. A thread, so a long model call
-    still beats; a stopped or dead process does not."""
-    fd = os.environ.get(HEARTBEAT_ENV)
-    if not fd:
-        return
-
-    def beat(fd: int) -> None:
-        while True:
-            try:
-                os.write(fd, b".")
-            except BlockingIOError:
-                pass
-            except OSError:
-                return  # the supervisor is gone
-            time.sleep(HEARTBEAT_S)
-    threading.Thread(target=beat, args=(int(fd),), daemon=True, name="heartbeat").start()
-
-
-def die_with_parent() -> None:
-    """Linux: have the kernel send SIGTERM when the supervisor dies, so no stage is orphaned."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
 
 
 def limit_threads(threads: int) -> None:
@@ -117,6 +64,9 @@ class Committed:
         if below > self.below:
             self.below = below
             self.above = {i for i in self.above if i >= below}
+            while self.below in self.above:
+                self.above.remove(self.below)
+                self.below += 1
         for i in frames:
             self.add(int(i))
 

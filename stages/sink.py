@@ -9,7 +9,8 @@ from collections import deque
 import cv2
 import zmq
 
-from stages.process import QUIT, Committed, StageProcess
+from stages.lifecycle import QUIT
+from stages.process import Committed, StageProcess
 from stream.events import EventLog
 from stream.messages import EndOfStream, Event, LabeledFrame
 from stream.overlay import draw

@@ -12,7 +12,7 @@ from pathlib import Path
 import zmq
 
 from stages.config import Settings
-from stages.process import ATTEMPT_ENV, HEARTBEAT_ENV, QUIT, STOP_ENV, SUPERVISED_ENV
+from stages.lifecycle import ATTEMPT_ENV, HEARTBEAT_ENV, QUIT, STOP_ENV, SUPERVISED_ENV
 from stream.events import event
 from stream.sockets import open_socket, send
 
@@ -31,6 +31,8 @@ class Child:
     proc: subprocess.Popen | None = None
     beats: int = -1             # read end of its heartbeat pipe
     last_beat: float = 0.0
+    beaten: bool = False        # its first heartbeat came: its signal handlers are installed
+    signals: list[int] = field(default_factory=list)  # to send once it has beaten
     attempt: int = 0            # restarts so far
     restart_at: float | None = None  # a restart is due then
     reason: str = ""
@@ -97,6 +99,7 @@ class Supervisor:
         if child.beats >= 0:
             os.close(child.beats)
         child.proc, child.beats, child.last_beat, child.restart_at = proc, read, time.monotonic(), None
+        child.beaten, child.signals = False, []
         child.pids.append(proc.pid)
 
     def _watch(self) -> int:
@@ -122,7 +125,8 @@ class Supervisor:
                 self._read_beats(child, now)
                 code = child.proc.poll()
                 if code is None:
-                    if now - child.last_beat > t.stall_timeout_s:
+                    # Before its first beat a stage is still starting Python: a slow machine gets time.
+                    if now - child.last_beat > (t.stall_timeout_s if child.beaten else max(t.stall_timeout_s, 60.0)):
                         child.proc.kill()  # SIGKILL works on a stopped process too
                         child.proc.wait()
                         code = f"stalled (no heartbeat for {now - child.last_beat:.0f} s)"
@@ -165,8 +169,8 @@ class Supervisor:
         self._emit("stage_restarted", stage=child.name, pid=child.proc.pid, old_pid=old, reason=child.reason,
                    attempt=child.attempt)
         capture = self.children.get("capture")
-        if child.name in REPLAYED_AFTER and capture is not None and not capture.done and capture.proc.poll() is None:
-            capture.proc.send_signal(signal.SIGUSR1)  # send again what the sink has not logged
+        if child.name in REPLAYED_AFTER and capture is not None and not capture.done:
+            self._signal(capture, signal.SIGUSR1)  # send again what the sink has not logged
 
     def _next_to_stop(self, now: float) -> None:
         """Once every stage before it is done, the next one is told to drain and exit."""
@@ -178,8 +182,16 @@ class Supervisor:
 
     def _stop(self, child: Child, now: float) -> None:
         child.stopping = now
-        if child.restart_at is None and child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGINT)
+        if child.restart_at is None:
+            self._signal(child, signal.SIGINT)
+
+    def _signal(self, child: Child, sig: int) -> None:
+        """Now if its handlers are installed, else at its first heartbeat (a signal earlier would kill it)."""
+        if child.beaten and child.restart_at is None:
+            if child.proc.poll() is None:
+                child.proc.send_signal(sig)
+        else:
+            child.signals.append(sig)
 
     def _stop_budget(self, child: Child) -> float:
         t = self.settings.transport
@@ -190,7 +202,9 @@ class Supervisor:
     def _read_beats(self, child: Child, now: float) -> None:
         try:
             if os.read(child.beats, 4096):
-                child.last_beat = now
+                child.last_beat, child.beaten = now, True
+                while child.signals and child.proc.poll() is None:
+                    child.proc.send_signal(child.signals.pop(0))
         except BlockingIOError:
             pass
 
