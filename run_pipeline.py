@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -17,7 +16,7 @@ from models.registry import ModelError
 from stages import classes
 from stages.classes import control_endpoint
 from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
-from stages.supervisor import Supervisor, stage_env
+from stages.supervisor import Supervisor, make_run_dir, stage_env
 from stream.sources import is_live
 
 ROOT = Path(__file__).resolve().parent
@@ -140,7 +139,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"owd: {exc}", file=sys.stderr)
         return 2
-    run_dir = tempfile.mkdtemp(prefix="owd-")
+    run_dir = make_run_dir()
     try:
         if not settings.gate.memory:  # the run's classes live in a memory file for this run only,
             settings = dataclasses.replace(settings, gate=dataclasses.replace(  # so a restarted stage finds them

@@ -1,10 +1,13 @@
 """The supervisor: starts the stage processes, restarts a crashed or stalled one, and ends the run stage by stage."""
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,26 @@ REPLAYED_AFTER = {"detect", "embed", "gate", "sink"}  # their restart may lose f
 
 def stage_env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
+def make_run_dir() -> str:
+    """The run's private folder (0700) for its ipc sockets, named after this process: a folder whose
+    supervisor died without cleaning up (SIGKILL) is removed by the next run."""
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), "owd-*-*")):
+        pid = os.path.basename(folder).split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)) and os.stat(folder).st_uid == os.getuid():
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"owd-{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jsonschema
@@ -15,6 +16,7 @@ import zmq
 from conftest import ROOT
 from stages.process import Committed
 from stages.sink import read_back
+from stages.supervisor import make_run_dir
 from stream.events import SCHEMA_PATH
 from stream.messages import EndOfStream
 from stream.sockets import open_socket, send
@@ -158,3 +160,32 @@ def test_committed_frames_and_a_log_cut_short(tmp_path):
     log.write_text('{"type":"frame","frame":0}\n{"type":"frame","fra')
     assert read_back(str(log)) == [{"type": "frame", "frame": 0}]
     assert log.read_text() == '{"type":"frame","frame":0}\n'  # the torn line is gone before appending
+
+
+def test_a_drain_that_times_out_says_how_many_frames_it_lost(bikes_video, tmp_path):
+    events = tmp_path / "ev.jsonl"
+    proc = start(bikes_video, events, "--set", "transport.stall_timeout_s=600", "--set",
+                 "transport.shutdown_timeout_s=3")
+    recs = wait_for(proc, events, frames_logged(3))
+    sink = pid_of(recs, "sink")
+    os.kill(sink, signal.SIGSTOP)  # nothing more gets logged
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130
+    logged = {r["frame"] for r in records(events) if r["type"] == "frame"}
+    lost = [line for line in stderr.splitlines() if "frame(s) lost (drain timed out)" in line]
+    assert len(lost) == 1 and int(lost[0].split("owd capture: ")[1].split()[0]) >= 1
+    assert not alive(sink) and len(logged) < FRAMES
+
+
+def test_a_run_removes_the_folders_of_runs_whose_supervisor_died(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = tmp_path / f"owd-{dead.pid}-abc", tmp_path / f"owd-{os.getpid()}-abc"
+    for folder in (stale, live):
+        (folder / "memory.npz.crops").mkdir(parents=True)
+    fresh = make_run_dir()
+    assert not stale.exists() and live.exists() and os.path.isdir(fresh)
+    assert os.stat(fresh).st_mode & 0o777 == 0o700
