@@ -22,6 +22,23 @@ def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box
     return out
 
 
+class Freshest:
+    """Live: of the frames waiting, only the newest is worth the detector's time; the older ones are
+    dropped and reported (frame_dropped with stage detect), as capture reports the ones it replaces."""
+
+    def __init__(self, stage: StageProcess):
+        self.stage, self.total = stage, 0
+
+    def __call__(self, batch: list[Frame]) -> list[Frame]:
+        if len(batch) <= 1:
+            return batch
+        newest = max(batch, key=lambda f: f.index)
+        stale = sorted(f.index for f in batch if f is not newest)
+        self.total += len(stale)
+        self.stage.emit("frame_dropped", source=newest.source, frames=stale, count=len(stale), total=self.total)
+        return [newest]
+
+
 def run(stage: StageProcess) -> int:
     s = stage.settings.detect
     limit_threads(s.threads)
@@ -31,8 +48,9 @@ def run(stage: StageProcess) -> int:
     inbox = stage.inbox(stage.socket(zmq.PULL, "frames", bind=False, hwm=hwm), "detect", (Frame, EndOfStream))
     out = stage.socket(zmq.PUSH, "detections", bind=True, hwm=hwm)
     stage.started(model=s.model, batch_size=s.batch_size)
+    fresh = Freshest(stage) if stage.live else (lambda batch: batch)
     frames = stage.relay_batches(inbox, out, s.batch_size, 0 if stage.live else s.batch_timeout_ms,
-                                 lambda batch: detect(model, batch, s.score_threshold, s.min_box))
+                                 lambda batch: detect(model, fresh(batch), s.score_threshold, s.min_box))
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
     return 0
 

@@ -73,12 +73,13 @@ class Hud:
 
     def __init__(self):
         self.recent: deque[float] = deque()  # arrival times of the last 2 s of frames
-        self.dropped = self.classes = 0
+        self.classes = 0
+        self.dropped_by: dict[str, int] = {}  # stage -> its running total (capture and, live, detect drop)
         self.source_fps = 0.0
 
     def on_event(self, rec: dict) -> None:
         if rec["type"] == "frame_dropped":
-            self.dropped = rec.get("total", self.dropped)
+            self.dropped_by[rec.get("stage", "")] = rec.get("total", 0)
         elif rec["type"] == "class_discovered":
             self.classes += 1
         elif rec["type"] == "stage_started" and rec.get("stage") == "capture":
@@ -92,7 +93,7 @@ class Hud:
     def lines(self, index: int, rejected: int) -> list[str]:
         span = self.recent[-1] - self.recent[0] if len(self.recent) > 1 else 0.0
         fps = (len(self.recent) - 1) / span if span > 0 else 0.0
-        return [f"{fps:5.1f} fps  frame {index}", f"dropped {self.dropped}  rejected {rejected}",
+        return [f"{fps:5.1f} fps  frame {index}", f"dropped {sum(self.dropped_by.values())}  rejected {rejected}",
                 f"classes found {self.classes}"]
 
 
@@ -190,6 +191,9 @@ def run(stage: StageProcess) -> int:
             if isinstance(msg, Event):
                 log.write(msg.record)
                 hud.on_event(msg.record)
+                if msg.record.get("type") == "frame_dropped" and msg.record.get("stage") == "detect":
+                    for index in msg.record.get("frames", ()):  # accounted for: capture need not wait for them
+                        ledger.commit(msg.record.get("source", ""), int(index))
             msg = frames_in.recv(0) if frames_in.sock in ready else None
             frames_done |= isinstance(msg, EndOfStream)
             if isinstance(msg, LabeledFrame) and not ledger.seen(msg.source, msg.index):

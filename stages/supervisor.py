@@ -123,6 +123,8 @@ class Supervisor:
             os.close(child.beats)
         child.proc, child.beats, child.last_beat, child.restart_at = proc, read, time.monotonic(), None
         child.beaten, child.signals = False, []
+        if child.stopping:
+            child.stopping = time.monotonic()  # a restarted stage gets its whole drain budget again
         child.pids.append(proc.pid)
 
     def _watch(self) -> int:

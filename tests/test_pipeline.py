@@ -138,9 +138,12 @@ def test_live_stream_drops_stale_frames_and_reports_every_drop(http_video, tmp_p
     frames = [r["frame"] for r in recs if r["type"] == "frame"]
     dropped = [i for r in recs if r["type"] == "frame_dropped" for i in r["frames"]]
     capture = next(r for r in recs if r["type"] == "stage_stopped" and r["stage"] == "capture")
-    assert len(frames) == capture["frames"] == 15 and frames == sorted(frames)
+    stale = [i for r in recs if r["type"] == "frame_dropped" and r["stage"] == "detect" for i in r["frames"]]
+    assert len(frames) + len(stale) == capture["frames"] == 15 and frames == sorted(frames)
     assert dropped, "the stream outpaces the pipeline, so frames must have been dropped and reported"
     assert not set(frames) & set(dropped)
     assert sorted(frames + dropped)[:len(frames) + len(dropped)] == list(range(max(frames + dropped) + 1))
-    totals = [r["total"] for r in recs if r["type"] == "frame_dropped"]
-    assert totals[-1] == len(dropped)
+    for stage in {r["stage"] for r in recs if r["type"] == "frame_dropped"}:  # capture, and detect (stale frames)
+        mine = [r for r in recs if r["type"] == "frame_dropped" and r["stage"] == stage]
+        assert mine[-1]["total"] == sum(r["count"] for r in mine)
+    assert not [r for r in recs if r["type"] == "frames_lost"]
