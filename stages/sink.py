@@ -165,7 +165,8 @@ def read_back(path: str) -> list[dict]:
 
 def run(stage: StageProcess) -> int:
     s = stage.settings.sink
-    frames_in = stage.inbox(stage.socket(zmq.PULL, "labeled", bind=True), "sink", (LabeledFrame, EndOfStream))
+    frames_in = stage.inbox(stage.socket(zmq.PULL, "labeled", bind=True, hwm=1 if stage.live else None), "sink",
+                            (LabeledFrame, EndOfStream))
     events_in = stage.inbox(stage.events_in, "sink/events", (Event, EndOfStream))
     window = s.window if not s.headless and os.environ.get("DISPLAY") else None
     if not s.headless and window is None:
