@@ -69,7 +69,8 @@ def load_memory(path: str | None, set_size: int) -> Gate:
 def run(stage: StageProcess) -> int:
     s = stage.settings.gate
     hwm = 1 if stage.live else None  # live: queues of one all along the frame path (see detect)
-    inbox = stage.inbox(stage.socket(zmq.PULL, "embeddings", bind=False, hwm=hwm), "gate", (FrameEmbeddings, EndOfStream))
+    inbox = stage.inbox(stage.socket(zmq.PULL, "embeddings", bind=False, hwm=hwm), "gate",
+                        (FrameEmbeddings, EndOfStream))
     classes = Inbox(stage.socket(zmq.SUB, "classes", bind=False), "gate/classes", (ClassUpdate,))
     to_sink = stage.socket(zmq.PUSH, "labeled", bind=False, hwm=hwm)
     to_cluster = stage.socket(zmq.PUSH, "unseen", bind=False)
