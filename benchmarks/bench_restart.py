@@ -73,7 +73,8 @@ def main() -> int:
     capture = next((r for r in recs if r["type"] == "stage_stopped" and r["stage"] == "capture"), {})
     expected = set(range(capture.get("frames", 0)))
     print(f"exit status {proc.returncode}, wall time {wall:.0f} s")
-    print(f"frame records: {len(frames)} distinct of {len(expected)} read, missing {sorted(expected - set(frames))[:20]},"
+    print(f"frame records: {len(frames)} distinct of {len(expected)} read, "
+          f"missing {sorted(expected - set(frames))[:20]},"
           f" twice {sorted(i for i, n in frames.items() if n > 1)[:20]}, capture lost {capture.get('lost')}")
     for r in recs:
         if r["type"] in ("stage_restarted", "stage_failed", "frames_lost"):
@@ -85,7 +86,8 @@ def main() -> int:
         print(f"signal -> restart decided: {restarted[0]['ts'] - hit_at:.1f} s; signal -> new process ready "
               f"(models loaded): {(ready[0] - hit_at) if ready else float('nan'):.1f} s")
     sink = next((r for r in recs if r["type"] == "stage_stopped" and r["stage"] == "sink"), {})
-    print(f"sink: {sink.get('frames')} frames written by its last process, {sink.get('duplicates')} replayed duplicates skipped")
+    print(f"sink: {sink.get('frames')} frames written by its last process, "
+          f"{sink.get('duplicates')} replayed duplicates skipped")
     if proc.returncode:
         print(stderr[-2000:])
     return 0

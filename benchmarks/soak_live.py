@@ -155,7 +155,8 @@ def soak(video: str, fps: float, duration: float, warmup: float, extra: list[str
         after = [mb for t, mb in series if t >= warmup]
         if len(after) >= 2:
             growth = (after[-1] - after[0]) / after[0] * 100
-            print(f"  RSS {name:>10}: {after[0]:7.1f} MB after warm-up -> {after[-1]:7.1f} MB at the end ({growth:+.1f} %)")
+            print(f"  RSS {name:>10}: {after[0]:7.1f} MB after warm-up -> {after[-1]:7.1f} MB at the end "
+                  f"({growth:+.1f} %)")
     return {"p50": float(np.percentile(steady, 50)) if steady else float("nan"),
             "p99": float(np.percentile(steady, 99)) if steady else float("nan"),
             "fps": len(frames) / max(frames[-1][0], 1e-9) if frames else 0.0}

@@ -1,4 +1,4 @@
-"""Capture stage: reads the source and pushes Frames; file mode replays what the sink has not logged, live mode drops stale frames."""
+"""Capture stage: pushes Frames; file mode replays what the sink has not logged, live mode drops stale frames."""
 from __future__ import annotations
 
 import sys

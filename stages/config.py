@@ -94,7 +94,7 @@ class TransportSettings:
     stall_timeout_s: float = 20.0  # a stage whose heartbeat is silent this long is killed and restarted
     restart_limit: int = 5       # restarts per stage before the run fails
     restart_backoff_s: float = 0.5  # wait before the first restart of a stage; doubles each time, at most 8 s
-    replay_window: int = 64      # file mode: frames sent but not yet logged that capture keeps to replay after a restart
+    replay_window: int = 64      # file mode: frames sent, not yet logged, kept by capture to replay after a restart
 
 
 ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control", "acks")
