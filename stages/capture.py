@@ -137,10 +137,12 @@ def _file(stage: StageProcess, source, out: zmq.Socket, max_frames: int, ledger:
 def _live(stage: StageProcess, source: LiveSource, out: zmq.Socket, max_frames: int,
           ledger: Ledger | None) -> tuple[int, str]:
     """The freshest frame whenever downstream can take one; every frame skipped is counted and reported.
-    Supervised: a frame sent but not logged within stall_timeout_s + 10 s is reported lost."""
+    Supervised: after a restart downstream, frames then in flight and still not logged a minute
+    later (time for the new process to load its model) are reported lost."""
     sent, dropped = 0, 0
     pending = None  # (index, capture time, image) not yet sent
-    expiry = stage.settings.transport.stall_timeout_s + 10.0
+    expiry = stage.settings.transport.stall_timeout_s + 60.0
+    suspects: dict[int, float] = {}  # frame -> when it counts as lost
     offset = 0
     if ledger is not None and stage.attempt:  # a restarted capture numbers on after what was logged
         ledger.poll(3000)
@@ -170,5 +172,8 @@ def _live(stage: StageProcess, source: LiveSource, out: zmq.Socket, max_frames: 
         if ledger is not None:
             ledger.poll(0)
             now = time.monotonic()
-            ledger.lost(sorted(i for i, t in ledger.pending.items() if now - t > expiry), "lost in a restart")
+            if stage.take_replay():  # live: no replay; what was inside the restarted stage is gone
+                suspects.update({i: now + expiry for i in ledger.pending if i not in suspects})
+            suspects = {i: t for i, t in suspects.items() if i in ledger.pending}
+            ledger.lost(sorted(i for i, t in suspects.items() if now > t), "lost in a restart")
     return sent, "stopped"
