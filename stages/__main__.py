@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from stages.lifecycle import die_with_parent, install_signals, start_heartbeat  # stdlib only: before slow imports
+from stages.lifecycle import die_with_parent, finished, install_signals, start_heartbeat  # stdlib only: before slow imports
 
 STAGES = ("capture", "detect", "embed", "gate", "cluster", "sink")
 
@@ -31,9 +31,12 @@ def main(argv: list[str]) -> int:
         module = importlib.import_module(f"stages.{name}")
         stage = StageProcess(name, settings)
         try:
-            return module.run(stage)
+            code = module.run(stage)
         finally:
             stage.close()
+        if code == 0:
+            finished()
+        return code
     except (SourceError, ModelError, ConfigError, OSError) as exc:
         print(f"owd {name}: {exc}", file=sys.stderr)
         return 2

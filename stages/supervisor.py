@@ -55,6 +55,7 @@ class Child:
     beats: int = -1             # read end of its heartbeat pipe
     last_beat: float = 0.0
     beaten: bool = False        # its first heartbeat came: its signal handlers are installed
+    finished: bool = False      # it said it ended cleanly (exit 0 follows once Python has torn down)
     signals: list[int] = field(default_factory=list)  # to send once it has beaten
     attempt: int = 0            # restarts so far
     restart_at: float | None = None  # a restart is due then
@@ -122,7 +123,7 @@ class Supervisor:
         if child.beats >= 0:
             os.close(child.beats)
         child.proc, child.beats, child.last_beat, child.restart_at = proc, read, time.monotonic(), None
-        child.beaten, child.signals = False, []
+        child.beaten, child.finished, child.signals = False, False, []
         if child.stopping:
             child.stopping = time.monotonic()  # a restarted stage gets its whole drain budget again
         child.pids.append(proc.pid)
@@ -149,6 +150,8 @@ class Supervisor:
                     continue
                 self._read_beats(child, now)
                 code = child.proc.poll()
+                if code is None and child.finished:
+                    code = 0  # flushed and closed; its exit status is 0 unless teardown crashes
                 if code is None:
                     # Before its first beat a stage is still starting Python: a slow machine gets time.
                     if now - child.last_beat > (t.stall_timeout_s if child.beaten else max(t.stall_timeout_s, 60.0)):
@@ -189,6 +192,9 @@ class Supervisor:
 
     def _restart(self, child: Child) -> None:
         old = child.proc.pid
+        if child.proc.poll() is None:  # it ended unasked but is still tearing down
+            child.proc.kill()
+            child.proc.wait()
         child.attempt += 1
         self._spawn(child)
         self._emit("stage_restarted", stage=child.name, pid=child.proc.pid, old_pid=old, reason=child.reason,
@@ -226,8 +232,9 @@ class Supervisor:
 
     def _read_beats(self, child: Child, now: float) -> None:
         try:
-            if os.read(child.beats, 4096):
-                child.last_beat, child.beaten = now, True
+            data = os.read(child.beats, 4096)
+            if data:
+                child.last_beat, child.beaten, child.finished = now, True, child.finished or b"D" in data
                 while child.signals and child.proc.poll() is None:
                     child.proc.send_signal(child.signals.pop(0))
         except BlockingIOError:
@@ -241,7 +248,15 @@ class Supervisor:
                 pass
 
     def _terminate(self, grace_s: float = 3.0) -> None:
-        """SIGTERM whoever still runs, SIGKILL whoever outlives the grace period."""
+        """SIGTERM whoever still runs (those that finished cleanly get the grace period to exit by
+        themselves first), SIGKILL whoever outlives the grace period."""
+        deadline = time.monotonic() + grace_s
+        for c in self.children.values():
+            if c.finished and c.proc.poll() is None:
+                try:
+                    c.proc.wait(max(deadline - time.monotonic(), 0.01))
+                except subprocess.TimeoutExpired:
+                    pass
         procs = [c.proc for c in self.children.values() if c.proc is not None and c.proc.poll() is None]
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
