@@ -87,7 +87,7 @@ def check_complete(proc, events, stage, reason):
     return recs
 
 
-@pytest.mark.parametrize("stage", ["detect", "sink"])
+@pytest.mark.parametrize("stage", ["detect", "cluster", "sink"])
 def test_a_killed_stage_is_restarted_and_nothing_is_lost_or_logged_twice(bikes_video, tmp_path, stage):
     before, events = owd_dirs(), tmp_path / "ev.jsonl"
     proc = start(bikes_video, events)
