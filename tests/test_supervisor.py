@@ -89,16 +89,16 @@ def check_complete(proc, events, stage, reason):
 
 @pytest.mark.parametrize("stage", ["detect", "cluster", "sink"])
 def test_a_killed_stage_is_restarted_and_nothing_is_lost_or_logged_twice(bikes_video, tmp_path, stage):
-    before, events = owd_dirs(), tmp_path / "ev.jsonl"
+    events = tmp_path / "ev.jsonl"
     proc = start(bikes_video, events)
     recs = wait_for(proc, events, frames_logged(8))
     os.kill(pid_of(recs, stage), signal.SIGKILL)
     recs = check_complete(proc, events, stage, "SIGKILL")
-    assert_nothing_left(recs, before)
+    assert_nothing_left(recs, proc.pid)
 
 
 def test_a_stalled_stage_is_killed_and_restarted_after_the_stall_timeout(bikes_video, tmp_path):
-    before, events = owd_dirs(), tmp_path / "ev.jsonl"
+    events = tmp_path / "ev.jsonl"
     proc = start(bikes_video, events, "--set", "transport.stall_timeout_s=8")
     recs = wait_for(proc, events, frames_logged(8))
     pid = pid_of(recs, "embed")
@@ -109,15 +109,15 @@ def test_a_stalled_stage_is_killed_and_restarted_after_the_stall_timeout(bikes_v
     assert restarted["old_pid"] == pid
     assert restarted["ts"] - stopped_at >= 8 - 1.5  # its last beat came up to 1 s before the stop
     assert not alive(pid)
-    assert_nothing_left(recs, before)
+    assert_nothing_left(recs, proc.pid)
 
 
 def test_a_forged_end_of_stream_ends_nothing(bikes_video, tmp_path):
     """Anyone who can reach a socket may send EndOfStream; the supervisor alone ends the run."""
-    before, events = owd_dirs(), tmp_path / "ev.jsonl"
+    events = tmp_path / "ev.jsonl"
     proc = start(bikes_video, events)
     wait_for(proc, events, frames_logged(3))
-    (run_dir,) = owd_dirs() - before
+    (run_dir,) = owd_dirs(proc.pid)
     ctx = zmq.Context()
     for name in ("labeled", "events", "unseen"):  # the sockets a stage binds and reads from
         sock = open_socket(ctx, zmq.PUSH, f"ipc://{run_dir}/{name}", bind=False, linger_ms=2000)
@@ -134,7 +134,7 @@ def test_a_forged_end_of_stream_ends_nothing(bikes_video, tmp_path):
 
 
 def test_killing_the_supervisor_leaves_no_process_folder_or_control_socket(bikes_video, tmp_path):
-    before, events, memory = owd_dirs(), tmp_path / "ev.jsonl", tmp_path / "classes.npz"
+    events, memory = tmp_path / "ev.jsonl", tmp_path / "classes.npz"
     proc = start(bikes_video, events, "--memory", str(memory))
     recs = wait_for(proc, events, frames_logged(3))
     assert os.path.exists(f"{memory}.ctl")
@@ -142,10 +142,10 @@ def test_killing_the_supervisor_leaves_no_process_folder_or_control_socket(bikes
     proc.communicate()
     pids = {r["pid"] for r in recs if r["type"] == "stage_started"}
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (any(alive(p) for p in pids) or owd_dirs() - before):
+    while time.monotonic() < deadline and (any(alive(p) for p in pids) or owd_dirs(proc.pid)):
         time.sleep(0.2)
     assert not [p for p in pids if alive(p)], "stages outlived a killed supervisor"
-    assert not owd_dirs() - before, "ipc folder left behind"
+    assert not owd_dirs(proc.pid), "ipc folder left behind"
     assert not os.path.exists(f"{memory}.ctl")
 
 
