@@ -142,6 +142,7 @@ def _live(stage: StageProcess, source: LiveSource, out: zmq.Socket, max_frames: 
     sent, dropped = 0, 0
     pending = None  # (index, capture time, image) not yet sent
     expiry = stage.settings.transport.stall_timeout_s + 60.0
+    window = stage.settings.transport.live_window
     suspects: dict[int, float] = {}  # frame -> when it counts as lost
     offset = 0
     if ledger is not None and stage.attempt:  # a restarted capture numbers on after what was logged
@@ -159,7 +160,11 @@ def _live(stage: StageProcess, source: LiveSource, out: zmq.Socket, max_frames: 
             dropped += len(skipped)
             stage.emit("frame_dropped", source=source.name, frames=sorted(skipped), count=len(skipped),
                        total=dropped)
-        if pending is not None:
+        # Supervised: a frame goes only when fewer than live_window are ahead of it (logged frames come
+        # back in order, so any older frame not logged is lost, not ahead); the socket queues alone
+        # hold several frames per hop, and every frame queued is latency.
+        ahead = sum(1 for i in ledger.pending if i >= ledger.committed.high) if ledger is not None else 0
+        if pending is not None and ahead < window:
             try:
                 send(out, Frame(source.name, *pending), zmq.NOBLOCK)
                 if ledger is not None:
@@ -167,7 +172,7 @@ def _live(stage: StageProcess, source: LiveSource, out: zmq.Socket, max_frames: 
                 sent, pending = sent + 1, None
             except zmq.Again:
                 pass
-        elif source.ended:
+        elif pending is None and source.ended:
             return sent, "lost"
         if ledger is not None:
             ledger.poll(0)

@@ -95,6 +95,7 @@ class TransportSettings:
     restart_limit: int = 5       # restarts per stage before the run fails
     restart_backoff_s: float = 0.5  # wait before the first restart of a stage; doubles each time, at most 8 s
     replay_window: int = 64      # file mode: frames sent, not yet logged, kept by capture to replay after a restart
+    live_window: int = 2         # live mode: frames in flight at once (sent, not yet logged); more only queues
 
 
 ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control", "acks")
