@@ -6,11 +6,8 @@ import argparse
 import dataclasses
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -20,6 +17,7 @@ from models.sddc import load_gate
 from stages import classes
 from stages.classes import control_endpoint
 from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
+from stages.supervisor import Supervisor, make_run_dir, stage_env
 from stream.sources import is_live
 
 ROOT = Path(__file__).resolve().parent
@@ -131,85 +129,6 @@ def with_endpoints(settings: Settings, run_dir: str) -> Settings:
     return dataclasses.replace(settings, transport=dataclasses.replace(settings.transport, endpoints=endpoints))
 
 
-def stage_env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-
-
-class Supervisor:
-    """Starts the stage processes, forwards Ctrl-C / SIGTERM as a graceful end of stream, and makes
-    sure every process is gone before it returns."""
-
-    def __init__(self, settings: Settings, stages: tuple[str, ...] = STAGES):
-        self.settings, self.stages = settings, stages
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.signals = 0
-
-    def _on_signal(self, signum, frame) -> None:
-        self.signals += 1
-
-    def run(self) -> int:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._on_signal)
-        payload = self.settings.to_json().encode()
-        env = stage_env()
-        for name in self.stages:
-            # Own process group: a terminal's Ctrl-C reaches only us, and we decide how to stop.
-            proc = subprocess.Popen([sys.executable, "-m", "stages", name], stdin=subprocess.PIPE, cwd=ROOT,
-                                    env=env, process_group=0)
-            proc.stdin.write(payload)
-            proc.stdin.close()
-            self.procs[name] = proc
-        return self._wait()
-
-    def _wait(self) -> int:
-        """Returns 0 when every stage ended by itself, 2 when one rejected its input, 1 when one
-        crashed, 130 after Ctrl-C / SIGTERM."""
-        draining_since = None  # when we asked capture to end the stream
-        sink_done_at = None    # when the sink left while others still ran
-        failed: dict[str, int] = {}
-        while True:
-            codes = {name: p.poll() for name, p in self.procs.items()}
-            failed = {n: c for n, c in codes.items() if c not in (None, 0)}
-            if all(c is not None for c in codes.values()):
-                break
-            now = time.monotonic()
-            if codes.get("sink") == 0 and sink_done_at is None:
-                sink_done_at = now  # the stream is over or the window was closed
-            if failed or self.signals > 1:
-                break  # a stage died or the user insists: nothing can drain
-            if self.signals == 1 and draining_since is None:
-                draining_since = now
-                self._signal("capture", signal.SIGINT)  # capture ends the stream; the rest drain
-            timeout = self.settings.transport.shutdown_timeout_s
-            if (draining_since and now - draining_since > timeout) or (sink_done_at and now - sink_done_at > 5.0):
-                break
-            time.sleep(0.1)
-        self._terminate()
-        if any(c == 2 for c in failed.values()):
-            return 2  # the stage printed its one-line reason
-        if failed:
-            print(f"owd: stage(s) failed: {', '.join(f'{n} (exit {c})' for n, c in failed.items())}", file=sys.stderr)
-            return 1
-        return 130 if self.signals else 0
-
-    def _signal(self, name: str, sig: int) -> None:
-        proc = self.procs.get(name)
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-
-    def _terminate(self, grace_s: float = 3.0) -> None:
-        """SIGTERM whoever still runs, SIGKILL whoever outlives the grace period."""
-        for name in self.procs:
-            self._signal(name, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def main(argv: list[str]) -> int:
     if argv[:1] == ["keys"]:
         from stages import keys
@@ -236,22 +155,23 @@ def main(argv: list[str]) -> int:
         settings = load(args.config)
         settings = load(args.config, overrides(args, settings))
         if args.only:
-            missing = [n for n in ENDPOINT_NAMES if not settings.transport.endpoints.get(n)]
+            needed = [n for n in ENDPOINT_NAMES if n != "acks"]  # acks: only within one supervised run
+            missing = [n for n in needed if not settings.transport.endpoints.get(n)]
             if missing:
                 raise ConfigError(f"--only needs every endpoint in transport.endpoints; missing: {', '.join(missing)}")
             if args.only == "capture":
                 check(settings)
-            return Supervisor(settings, (args.only,)).run()
+            return Supervisor(settings, (args.only,), supervised=False).run()
         check(settings)
     except ConfigError as exc:
         print(f"owd: {exc}", file=sys.stderr)
         return 2
-    run_dir = tempfile.mkdtemp(prefix="owd-")
+    run_dir = make_run_dir()
     try:
+        if not settings.gate.memory:  # the run's classes live in a memory file for this run only,
+            settings = dataclasses.replace(settings, gate=dataclasses.replace(  # so a restarted stage finds them
+                settings.gate, memory=os.path.join(run_dir, "memory.npz")))
         if args.gallery:
-            if not settings.gate.memory:  # the run's classes live in a memory file for this run only
-                settings = dataclasses.replace(settings, gate=dataclasses.replace(
-                    settings.gate, memory=os.path.join(run_dir, "memory.npz")))
             code = subprocess.run([sys.executable, "-m", "stages.gallery", args.gallery], cwd=ROOT,
                                   input=settings.to_json().encode(), env=stage_env()).returncode
             if code:

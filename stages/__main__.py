@@ -1,18 +1,11 @@
 """Entry point of one stage process: `python -m stages NAME` with the settings as JSON on stdin."""
 from __future__ import annotations
 
-import importlib
-import logging
 import sys
 
-from models.registry import ModelError
-from models.sddc import MemoryFileError
-from stages.config import ConfigError, Settings
-from stages.process import StageProcess, die_with_parent
-from stream.sources import SourceError
+from stages.lifecycle import die_with_parent, finished, install_signals, start_heartbeat  # stdlib only: before slow imports
 
 STAGES = ("capture", "detect", "embed", "gate", "cluster", "sink")
-EXPECTED_ERRORS = (SourceError, ModelError, ConfigError, MemoryFileError, OSError)
 
 
 def main(argv: list[str]) -> int:
@@ -20,7 +13,17 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m stages {{{','.join(STAGES)}}} < settings.json", file=sys.stderr)
         return 2
     name = argv[0]
+    install_signals()  # before the slow imports: a signal during start-up must not be a traceback
+    start_heartbeat()
     die_with_parent()
+    import importlib
+    import logging
+
+    from models.registry import ModelError
+    from models.sddc import MemoryFileError
+    from stages.config import ConfigError, Settings
+    from stages.process import StageProcess
+    from stream.sources import SourceError
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name:>7} %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD variant it tries
@@ -29,10 +32,13 @@ def main(argv: list[str]) -> int:
         module = importlib.import_module(f"stages.{name}")
         stage = StageProcess(name, settings)
         try:
-            return module.run(stage)
+            code = module.run(stage)
         finally:
             stage.close()
-    except EXPECTED_ERRORS as exc:
+        if code == 0:
+            finished()
+        return code
+    except (SourceError, ModelError, ConfigError, MemoryFileError, OSError) as exc:
         print(f"owd {name}: {exc}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,7 @@ from stages.config import ClusterSettings
 from stages.crops import private_folder, write_png
 from stages.process import StageProcess
 from stream.messages import ClassUpdate, EndOfStream, UnseenBatch
-from stream.sockets import Inbox, send
+from stream.sockets import send
 
 
 def save_examples(folder: Path, thumbs: list[np.ndarray], limit: int) -> None:
@@ -32,14 +32,14 @@ def snapshot(gate: Gate, version: int) -> ClassUpdate:
 
 def run(stage: StageProcess) -> int:
     s, g = stage.settings.cluster, stage.settings.gate
-    inbox = Inbox(stage.socket(zmq.PULL, "unseen", bind=True), "cluster", (UnseenBatch, EndOfStream))
+    inbox = stage.inbox(stage.socket(zmq.PULL, "unseen", bind=True), "cluster", (UnseenBatch, EndOfStream))
     publish = stage.socket(zmq.PUB, "classes", bind=True)
     control = stage.socket(zmq.REP, "control", bind=True)
     gate = load_memory(g.memory, g.set_size)
     buffer = UnseenBuffer(s.buffer_size, s.per_track)
     rules = DiscoveryRules.from_settings(s)
     crops_dir = stage.settings.crops_dir
-    version, new_rows, last_run = 0, 0, time.monotonic()
+    version, new_rows, last_run = stage.attempt << 32, 0, time.monotonic()  # a restart's updates supersede
     poller = zmq.Poller()
     poller.register(inbox.sock, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
@@ -81,6 +81,8 @@ def run(stage: StageProcess) -> int:
                 changed()
                 stage.emit(event.pop("type"), **event)
         msg = inbox.recv(0) if inbox.sock in ready else None
+        if not ready and stage.drained:
+            msg = EndOfStream("", 0, "stopped")  # supervised: told to stop and nothing left
         if isinstance(msg, UnseenBatch):
             dim = gate.centroids.shape[1] if len(gate) else buffer.embeddings.shape[1] if len(buffer) else None
             if dim is not None and msg.embeddings.shape[1] != dim:
@@ -93,5 +95,5 @@ def run(stage: StageProcess) -> int:
     if g.memory:
         save_gate(gate, g.memory)
     stage.emit("stage_stopped", classes=len(gate), buffered=len(buffer), rejected=inbox.rejected)
-    send(stage.events, msg)  # the end of stream, after our last event: the sink closes the log on it
+    stage.forward_end(stage.events, msg)  # after our last event: an unsupervised sink closes the log on it
     return 0

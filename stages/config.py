@@ -113,12 +113,19 @@ class TransportSettings:
     # name -> ipc:// or tcp:// address; None = ipc socket in the run's private temp folder
     endpoints: dict[str, str | None] = field(default_factory=dict)
     hwm: int = field(default=8, metadata=at_least(1))  # queued per socket before PUSH blocks (file) or drops (live)
-    shutdown_timeout_s: float = field(default=20.0, metadata=above(0))
+    shutdown_timeout_s: float = field(default=20.0, metadata=above(0))  # a drain with no frame committed for this
+    #                                                               long gives up (lost ones are reported)
     keys: str | None = None      # folder from `run_pipeline.py keys --out DIR`: CurveZMQ for every tcp endpoint
     insecure_tcp: bool = False   # allow tcp endpoints without keys: anyone reaching a port can read and inject
+    stall_timeout_s: float = field(default=20.0, metadata=above(0))  # a stage silent this long is restarted
+    restart_limit: int = field(default=5, metadata=at_least(0))      # restarts per stage before the run fails
+    restart_backoff_s: float = field(default=0.5, metadata=at_least(0))  # first restart's wait; doubles, at most 8 s
+    replay_window: int = field(default=64, metadata=at_least(1))     # file mode: frames sent, not yet logged, kept
+    #                                                               by capture to replay after a restart
+    live_window: int = field(default=2, metadata=at_least(1))        # live mode: frames in flight at once
 
 
-ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control")
+ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control", "acks")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from models.detections import Detector
 from models.registry import DETECTORS
 from stages.process import StageProcess, limit_threads
 from stream.messages import EndOfStream, Frame, FrameDetections
-from stream.sockets import Inbox
 
 
 def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box: int) -> list[FrameDetections]:
@@ -23,15 +22,35 @@ def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box
     return out
 
 
+class Freshest:
+    """Live: of the frames waiting, only the newest is worth the detector's time; the older ones are
+    dropped and reported (frame_dropped with stage detect), as capture reports the ones it replaces."""
+
+    def __init__(self, stage: StageProcess):
+        self.stage, self.total = stage, 0
+
+    def __call__(self, batch: list[Frame]) -> list[Frame]:
+        if len(batch) <= 1:
+            return batch
+        newest = max(batch, key=lambda f: f.index)
+        stale = sorted(f.index for f in batch if f is not newest)
+        self.total += len(stale)
+        self.stage.emit("frame_dropped", source=newest.source, frames=stale, count=len(stale), total=self.total)
+        return [newest]
+
+
 def run(stage: StageProcess) -> int:
     s = stage.settings.detect
     limit_threads(s.threads)
     model = DETECTORS.create(s.model, weights=s.weights, device=s.device, **s.options)
-    inbox = Inbox(stage.socket(zmq.PULL, "frames", bind=False), "detect", (Frame, EndOfStream))
-    out = stage.socket(zmq.PUSH, "detections", bind=True)
+    # Live: queues of one and batches of only what is already waiting, so the freshest frame goes through.
+    hwm = 1 if stage.live else None
+    inbox = stage.inbox(stage.socket(zmq.PULL, "frames", bind=False, hwm=hwm), "detect", (Frame, EndOfStream))
+    out = stage.socket(zmq.PUSH, "detections", bind=True, hwm=hwm)
     stage.started(model=s.model, batch_size=s.batch_size)
-    frames = stage.relay_batches(inbox, out, s.batch_size, s.batch_timeout_ms,
-                                 lambda batch: detect(model, batch, s.score_threshold, s.min_box))
+    fresh = Freshest(stage) if stage.live else (lambda batch: batch)
+    frames = stage.relay_batches(inbox, out, s.batch_size, 0 if stage.live else s.batch_timeout_ms,
+                                 lambda batch: detect(model, fresh(batch), s.score_threshold, s.min_box))
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
     return 0
 

@@ -9,7 +9,6 @@ from models.detections import Embedder
 from models.registry import EMBEDDERS
 from stages.process import StageProcess, limit_threads
 from stream.messages import EndOfStream, FrameDetections, FrameEmbeddings
-from stream.sockets import Inbox
 
 
 def embed(model: Embedder, msgs: list[FrameDetections]) -> list[FrameEmbeddings]:
@@ -27,9 +26,12 @@ def run(stage: StageProcess) -> int:
     s = stage.settings.embed
     limit_threads(s.threads)
     model = EMBEDDERS.create(s.model, weights=s.weights, device=s.device, **s.options)
-    inbox = Inbox(stage.socket(zmq.PULL, "detections", bind=False), "embed", (FrameDetections, EndOfStream))
-    out = stage.socket(zmq.PUSH, "embeddings", bind=True)
+    hwm = 1 if stage.live else None  # live: see detect
+    inbox = stage.inbox(stage.socket(zmq.PULL, "detections", bind=False, hwm=hwm), "embed",
+                        (FrameDetections, EndOfStream))
+    out = stage.socket(zmq.PUSH, "embeddings", bind=True, hwm=hwm)
     stage.started(model=s.model, dim=model.dim)
-    frames = stage.relay_batches(inbox, out, s.batch_frames, s.batch_timeout_ms, lambda batch: embed(model, batch))
+    frames = stage.relay_batches(inbox, out, s.batch_frames, 0 if stage.live else s.batch_timeout_ms,
+                                 lambda batch: embed(model, batch))
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
     return 0

@@ -45,9 +45,11 @@ def apply_update(update: ClassUpdate, set_size: int) -> Gate:
 
 def run(stage: StageProcess) -> int:
     s = stage.settings.gate
-    inbox = Inbox(stage.socket(zmq.PULL, "embeddings", bind=False), "gate", (FrameEmbeddings, EndOfStream))
+    hwm = 1 if stage.live else None  # live: queues of one all along the frame path (see detect)
+    inbox = stage.inbox(stage.socket(zmq.PULL, "embeddings", bind=False, hwm=hwm), "gate",
+                        (FrameEmbeddings, EndOfStream))
     classes = Inbox(stage.socket(zmq.SUB, "classes", bind=False), "gate/classes", (ClassUpdate,))
-    to_sink = stage.socket(zmq.PUSH, "labeled", bind=False)
+    to_sink = stage.socket(zmq.PUSH, "labeled", bind=False, hwm=hwm)
     to_cluster = stage.socket(zmq.PUSH, "unseen", bind=False)
     gate = load_memory(s.memory, s.set_size)
     trackers: dict[str, BoxTracker] = {}  # one per source
@@ -72,6 +74,8 @@ def run(stage: StageProcess) -> int:
                     votes.forget_except(set(gate.names))  # renamed, merged or deleted classes
                 stage.log.info("applied class update %d: %d classes", update.version, len(gate))
         if inbox.sock not in ready:
+            if stage.drained:
+                break  # supervised: told to stop and nothing left
             continue
         msg = inbox.recv(0)
         if isinstance(msg, EndOfStream):

@@ -1,32 +1,22 @@
-"""What every stage process shares: its sockets by endpoint name, its events, signals and parent death."""
+"""What every stage process shares: its sockets by endpoint name, its events, how it ends, what the sink committed."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
-import sys
 
 import zmq
 
 from stages.config import Settings
 from stages.keys import socket_curve
+from stages.lifecycle import ATTEMPT_ENV, SUPERVISED_ENV, flags as _flags
 from stream.batching import collect
 from stream.events import event
+from stream.messages import EndOfStream
 from stream.security import Zap
-from stream.sockets import open_socket, send
+from stream.sockets import Inbox, open_socket, send
+from stream.sources import is_live
 
-_PR_SET_PDEATHSIG = 1
 _EVENTS_HWM = 1000  # events are small; a stage should not stall on the log
-
-
-def die_with_parent() -> None:
-    """Linux: have the kernel send SIGTERM when the supervisor dies, so no stage is orphaned."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
 
 
 def limit_threads(threads: int) -> None:
@@ -38,18 +28,66 @@ def limit_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+class SupervisedInbox(Inbox):
+    """An inbox of a supervised stage: an end-of-stream message, which anyone could send, is
+    rejected; the supervisor decides when the stream ends."""
+
+    def recv(self, timeout_ms: int | None = None):
+        msg = super().recv(timeout_ms)
+        if isinstance(msg, EndOfStream):
+            self.rejected += 1
+            logging.getLogger(f"owd.{self.name}").warning(
+                "ignored an end-of-stream message: the supervisor ends this run")
+            return None
+        return msg
+
+
+class Committed:
+    """The frames of one source the sink has logged: every index below `below`, plus `above`;
+    `high` is one past the highest."""
+
+    def __init__(self):
+        self.below, self.high, self.above = 0, 0, set()
+
+    def add(self, index: int) -> None:
+        self.high = max(self.high, index + 1)
+        if index >= self.below:
+            self.above.add(index)
+            while self.below in self.above:
+                self.above.remove(self.below)
+                self.below += 1
+
+    def __contains__(self, index: int) -> bool:
+        return index < self.below or index in self.above
+
+    def merge(self, below: int, frames=(), high: int = 0) -> None:
+        """What an ack says; also how a live sink forgets old gaps (dropped frames are never replayed)."""
+        self.high = max(self.high, below, high)
+        if below > self.below:
+            self.below = below
+            self.above = {i for i in self.above if i >= below}
+            while self.below in self.above:
+                self.above.remove(self.below)
+                self.below += 1
+        for i in frames:
+            self.add(int(i))
+
+
 class StageProcess:
     """Owns the ZeroMQ context and sockets of one stage, and its link to the sink's event log.
 
-    SIGINT only sets `stop_requested`: capture ends the stream when it sees it, and every other
-    stage keeps draining until the end-of-stream message reaches it. SIGTERM ends the process.
+    Unsupervised (a stage run alone, `--only`): SIGINT only sets `stop_requested`; capture ends the
+    stream when it sees it, and every other stage keeps draining until the end-of-stream message
+    reaches it. Supervised: end-of-stream messages are ignored; the supervisor sends SIGINT to each
+    stage in pipeline order once its upstream has exited, and the stage exits when its input is
+    drained (`drained`). SIGTERM ends the process either way, removing its ipc files.
     """
 
     def __init__(self, name: str, settings: Settings):
         self.name, self.settings = name, settings
         self.log = logging.getLogger(f"owd.{name}")
-        self.stop_requested = False
-        signal.signal(signal.SIGINT, self._on_sigint)
+        self.supervised = os.environ.get(SUPERVISED_ENV) == "1"
+        self.attempt = int(os.environ.get(ATTEMPT_ENV, "0"))  # 0: first start, n: n-th restart
         self.ctx = zmq.Context()
         self._sockets: list[zmq.Socket] = []
         self._ipc_files: list[str] = []
@@ -60,8 +98,32 @@ class StageProcess:
         else:
             self.events = self.socket(zmq.PUSH, "events", bind=False, hwm=_EVENTS_HWM)
 
-    def _on_sigint(self, signum, frame) -> None:
-        self.stop_requested = True
+    @property
+    def stop_requested(self) -> bool:
+        return _flags["stop"]
+
+    @property
+    def drained(self) -> bool:
+        """Supervised and told to stop: an idle input means this stage is done."""
+        return self.supervised and _flags["stop"]
+
+    def take_replay(self) -> bool:
+        """True once after each SIGUSR1 (a downstream stage was restarted)."""
+        asked, _flags["replay"] = _flags["replay"], False
+        return asked
+
+    @property
+    def live(self) -> bool:
+        c = self.settings.capture
+        return c.mode == "live" or (c.mode == "auto" and is_live(c.source))
+
+    def inbox(self, sock: zmq.Socket, name: str, accepts: tuple[type, ...]) -> Inbox:
+        return (SupervisedInbox if self.supervised else Inbox)(sock, name, accepts)
+
+    def forward_end(self, sock: zmq.Socket, eos) -> None:
+        """Pass the end of stream on (unsupervised runs only; supervised stages are ended by the supervisor)."""
+        if not self.supervised and eos is not None:
+            send(sock, eos)
 
     def socket(self, kind: int, endpoint: str, *, bind: bool, hwm: int | None = None) -> zmq.Socket:
         """The stage's socket on `endpoint`; a tcp one speaks CurveZMQ with this stage's keys."""
@@ -95,19 +157,30 @@ class StageProcess:
             if eos is not None:
                 send(out, eos)
                 return count
+            if not batch and self.drained:
+                return count
 
     def started(self, **fields) -> None:
         self.emit("stage_started", pid=os.getpid(), **fields)
         self.log.info("started (pid %d)", os.getpid())
 
     def close(self) -> None:
-        for sock in self._sockets:
-            sock.close()
-        if self._zap is not None:
-            self._zap.close()  # its socket must go before the context can end
-        self.ctx.term()
+        """ipc files first (so even a close that hangs on a dead peer leaves none), then the sockets:
+        after SIGTERM without waiting for peers. The run's folder goes with the last stage's files."""
         for path in self._ipc_files:
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        folders = {os.path.dirname(p) for p in self._ipc_files}
+        for sock in self._sockets:
+            sock.close(0 if _flags["terminated"] else None)
+        if self._zap is not None:
+            self._zap.close()  # its socket must go before the context can end
+        self.ctx.term()
+        for folder in folders:
+            if os.path.basename(folder).startswith("owd-"):
+                try:
+                    os.rmdir(folder)  # only once empty: the last stage out removes it
+                except OSError:
+                    pass

@@ -1,6 +1,7 @@
 """Sink stage: writes the JSONL event log, shows the annotated window and saves the annotated video."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import deque
@@ -8,11 +9,12 @@ from collections import deque
 import cv2
 import zmq
 
-from stages.process import StageProcess
+from stages.lifecycle import QUIT
+from stages.process import Committed, StageProcess
 from stream.events import EventLog
 from stream.messages import EndOfStream, Event, LabeledFrame
 from stream.overlay import draw
-from stream.sockets import Inbox
+from stream.sockets import send
 
 
 def records(msg: LabeledFrame, now: float) -> list[dict]:
@@ -71,12 +73,13 @@ class Hud:
 
     def __init__(self):
         self.recent: deque[float] = deque()  # arrival times of the last 2 s of frames
-        self.dropped = self.classes = 0
+        self.classes = 0
+        self.dropped_by: dict[str, int] = {}  # stage -> its running total (capture and, live, detect drop)
         self.source_fps = 0.0
 
     def on_event(self, rec: dict) -> None:
         if rec["type"] == "frame_dropped":
-            self.dropped = rec.get("total", self.dropped)
+            self.dropped_by[rec.get("stage", "")] = rec.get("total", 0)
         elif rec["type"] == "class_discovered":
             self.classes += 1
         elif rec["type"] == "stage_started" and rec.get("stage") == "capture":
@@ -91,20 +94,90 @@ class Hud:
     def lines(self, index: int, rejected: int) -> list[str]:
         span = self.recent[-1] - self.recent[0] if len(self.recent) > 1 else 0.0
         fps = (len(self.recent) - 1) / span if span > 0 else 0.0
-        return [f"{fps:5.1f} fps  frame {index}", f"dropped {self.dropped}  rejected {rejected}",
+        return [f"{fps:5.1f} fps  frame {index}", f"dropped {sum(self.dropped_by.values())}  rejected {rejected}",
                 f"classes found {self.classes}"]
+
+
+class Ledger:
+    """What the sink has logged, per source: frames already written are not written again (a replay
+    after a restart), and capture hears of every commit. A restarted sink reads its own log back."""
+
+    def __init__(self, stage: StageProcess, log_path: str | None):
+        self.stage = stage
+        self.acks = stage.socket(zmq.PUSH, "acks", bind=False, hwm=1000) if stage.supervised else None
+        if self.acks is not None:
+            self.acks.setsockopt(zmq.LINGER, 0)  # capture leaves first: acks nobody reads must not hold us
+        self.committed: dict[str, Committed] = {}
+        self.duplicates, self.summarised = 0, 0.0
+        if stage.attempt and log_path and os.path.exists(log_path):
+            for rec in read_back(log_path):
+                if rec.get("type") == "frame":
+                    self.committed.setdefault(rec["source"], Committed()).add(int(rec["frame"]))
+            stage.log.info("restarted: %d frame(s) already in %s",
+                           sum(c.below + len(c.above) for c in self.committed.values()), log_path)
+
+    def seen(self, source: str, index: int) -> bool:
+        if index in self.committed.get(source, ()):
+            self.duplicates += 1
+            self._ack(source, [index])  # capture replayed it: it may have missed the first ack
+            return True
+        return False
+
+    def commit(self, source: str, index: int) -> None:
+        self.committed.setdefault(source, Committed()).add(index)
+        self._ack(source, [index])
+
+    def summarise(self, live: bool) -> None:
+        """Once a second, everything logged (file mode) or just the low mark (live): a restarted
+        capture learns where to go on from it."""
+        if time.monotonic() - self.summarised >= 1.0:
+            self.summarised = time.monotonic()
+            for source, c in self.committed.items():
+                if live and len(c.above) > 2048:
+                    c.merge(sorted(c.above)[-1024])  # gaps of a live stream are drops, never replayed
+                self._ack(source, [] if live else sorted(c.above))
+
+    def _ack(self, source: str, frames: list[int]) -> None:
+        if self.acks is None:
+            return
+        c = self.committed[source]
+        try:
+            send(self.acks, Event({"type": "committed", "ts": time.time(), "source": source, "below": c.below,
+                                   "high": c.high, "frames": frames}), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # capture is away (restarting): the next summary tells it
+
+
+def read_back(path: str) -> list[dict]:
+    """The records of an existing log; a last line cut short by a kill is removed from the file."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            f.truncate(end)
+    out = []
+    for line in data[:end].splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
 def run(stage: StageProcess) -> int:
     s = stage.settings.sink
-    frames_in = Inbox(stage.socket(zmq.PULL, "labeled", bind=True), "sink", (LabeledFrame, EndOfStream))
-    events_in = Inbox(stage.events_in, "sink/events", (Event, EndOfStream))
+    frames_in = stage.inbox(stage.socket(zmq.PULL, "labeled", bind=True, hwm=1 if stage.live else None), "sink",
+                            (LabeledFrame, EndOfStream))
+    events_in = stage.inbox(stage.events_in, "sink/events", (Event, EndOfStream))
     window = s.window if not s.headless and os.environ.get("DISPLAY") else None
     if not s.headless and window is None:
         stage.log.warning("no DISPLAY: running without a window (use --headless to silence this)")
-    log = EventLog(s.events)
+    ledger = Ledger(stage, s.events)
+    log = EventLog(s.events, append=stage.attempt > 0)
     log.write({"type": "stage_started", "ts": time.time(), "stage": "sink", "pid": os.getpid()})
-    display, hud = Display(window, s.save), Hud()
+    display, hud = Display(window, s.save if not stage.attempt else None), Hud()
+    if s.save and stage.attempt:
+        stage.log.warning("restarted: the annotated video %s is not continued", s.save)
     poller = zmq.Poller()
     poller.register(frames_in.sock, zmq.POLLIN)
     poller.register(events_in.sock, zmq.POLLIN)
@@ -112,17 +185,23 @@ def run(stage: StageProcess) -> int:
     try:
         while not (frames_done and events_done) and not display.closed:
             ready = dict(poller.poll(200))
+            ledger.summarise(stage.live)
+            if not ready and stage.drained:
+                break  # supervised: told to stop, and nothing left to write
             msg = events_in.recv(0) if events_in.sock in ready else None
             events_done |= isinstance(msg, EndOfStream)
             if isinstance(msg, Event):
                 log.write(msg.record)
                 hud.on_event(msg.record)
+                if msg.record.get("type") == "frame_dropped" and msg.record.get("stage") == "detect":
+                    for index in msg.record.get("frames", ()):  # accounted for: capture need not wait for them
+                        ledger.commit(msg.record.get("source", ""), int(index))
             msg = frames_in.recv(0) if frames_in.sock in ready else None
             frames_done |= isinstance(msg, EndOfStream)
-            if isinstance(msg, LabeledFrame):
+            if isinstance(msg, LabeledFrame) and not ledger.seen(msg.source, msg.index):
                 now = time.time()
-                for rec in records(msg, now):
-                    log.write(rec)
+                log.write_many(records(msg, now))  # one write: a kill leaves a frame's records whole or absent
+                ledger.commit(msg.source, msg.index)
                 hud.on_frame(now)
                 frames += 1
                 if display.active:
@@ -132,9 +211,9 @@ def run(stage: StageProcess) -> int:
             if isinstance(msg, Event):
                 log.write(msg.record)
         log.write({"type": "stage_stopped", "ts": time.time(), "stage": "sink", "frames": frames,
-                   "rejected": frames_in.rejected + events_in.rejected,
+                   "duplicates": ledger.duplicates, "rejected": frames_in.rejected + events_in.rejected,
                    "reason": "window closed" if display.closed else "end"})
     finally:
         display.close()
         log.close()
-    return 0
+    return QUIT if display.closed and stage.supervised else 0

@@ -15,20 +15,26 @@ def event(type_: str, **fields) -> Event:
 
 
 class EventLog:
-    """Appends one JSON object per line to `path` (created with its folder); a no-op without a path."""
+    """Appends one JSON object per line to `path` (created with its folder; truncated first unless
+    `append`); a no-op without a path."""
 
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, append: bool = False):
         self.file = None
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "w", encoding="utf-8", buffering=1)
+            self.file = open(path, "a" if append else "w", encoding="utf-8", buffering=1)
         self.written = 0
 
     def write(self, record: dict) -> None:
+        self.write_many([record])
+
+    def write_many(self, records: list[dict]) -> None:
+        """Several records in one write to the file (a process killed mid-way leaves all or none)."""
         if self.file is not None:
             # JSON has no NaN or inf, at any depth: they become null.
-            self.file.write(json.dumps(json_safe(record), separators=(",", ":"), allow_nan=False) + "\n")
-            self.written += 1
+            lines = [json.dumps(json_safe(r), separators=(",", ":"), allow_nan=False) for r in records]
+            self.file.write("\n".join(lines) + "\n")
+            self.written += len(records)
 
     def close(self) -> None:
         if self.file is not None:
