@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass, field
 
 import igraph
-import leidenalg
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -151,9 +151,15 @@ def partition(nbrs: np.ndarray, resolution: float, seed: int = 0, restarts: int 
     a, b = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
     edges = np.unique(a * n + b)
     graph = igraph.Graph(n=n, edges=np.stack([edges // n, edges % n], axis=1))
-    runs = [leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition, resolution_parameter=resolution,
-                                     seed=seed + r, n_iterations=-1) for r in range(max(restarts, 1))]
-    return np.asarray(max(runs, key=lambda p: p.quality()).membership, np.int64)
+    best, best_q = None, -np.inf
+    for r in range(max(restarts, 1)):
+        igraph.set_random_number_generator(random.Random(seed + r))  # igraph's Leiden draws from it
+        part = graph.community_leiden(objective_function="modularity", resolution=resolution, n_iterations=-1)
+        q = graph.modularity(part.membership, resolution=resolution)  # the objective Leiden maximized
+        if q > best_q:
+            best, best_q = part, q
+    igraph.set_random_number_generator(random)
+    return np.asarray(best.membership, np.int64)
 
 
 def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> np.ndarray:
