@@ -14,6 +14,9 @@ from models.knn import knn
 from models.sddc import Gate
 
 
+RESTART_ROWS = 20_000  # graphs larger than this get one Leiden run, whatever `restarts` says
+
+
 @dataclass(frozen=True)
 class DiscoveryRules:
     """Every knob is a rank, a count, a share or a resolution — none is a distance or a similarity, so
@@ -140,8 +143,9 @@ def communities(x: np.ndarray, k: int, resolution: float, seed: int = 0, restart
 
 def partition(nbrs: np.ndarray, resolution: float, seed: int = 0, restarts: int = 3) -> np.ndarray:
     """nbrs: (N, k) neighbour indices (-1 = none) -> community id per row (N,) int64: the best of
-    `restarts` seeded Leiden runs on the symmetrized graph (Leiden is randomized; the partition with
-    the highest modularity is kept)."""
+    `restarts` seeded Leiden runs (igraph's, modularity at `resolution`) on the symmetrized graph.
+    Leiden is randomized and on a few thousand rows its runs differ; the partition with the highest
+    modularity is kept. Above RESTART_ROWS rows runs agree closely and one is run (time)."""
     n = len(nbrs)
     if n < 3:
         return np.zeros(n, np.int64)
@@ -150,9 +154,10 @@ def partition(nbrs: np.ndarray, resolution: float, seed: int = 0, restarts: int 
     ok = (cols >= 0) & (cols != rows)
     a, b = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
     edges = np.unique(a * n + b)
-    graph = igraph.Graph(n=n, edges=np.stack([edges // n, edges % n], axis=1))
+    graph = igraph.Graph(n=n)
+    graph.add_edges(np.stack([edges // n, edges % n], axis=1))
     best, best_q = None, -np.inf
-    for r in range(max(restarts, 1)):
+    for r in range(max(restarts, 1) if n <= RESTART_ROWS else 1):
         igraph.set_random_number_generator(random.Random(seed + r))  # igraph's Leiden draws from it
         part = graph.community_leiden(objective_function="modularity", resolution=resolution, n_iterations=-1)
         q = graph.modularity(part.membership, resolution=resolution)  # the objective Leiden maximized
