@@ -9,8 +9,9 @@ the gate is built from the memory and classifies the test images; printed: Sacc,
 and seed, their mean over seeds, and whether a method raises mean H without lowering any seed. Methods:
 today's per-class alpha-quantile radius; one shared radius; held-out radii (each half of a class's
 members measured against the other half's centroid); cosine (distances to the unit centroid); and
-whitening fitted on the class memory (pooled within-class or total covariance, shrunk towards its
-mean variance by lambda) with distances, centroids and radii in the whitened space.
+whitening fitted on the class memory (pooled within-class covariance shrunk towards its mean variance)
+with distances, centroids and radii in the whitened space, radii from the members' own distances or
+held out (Gate.whiten: each half's distances under the whitening and centroid of the other half).
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from eval_metrics import UNKNOWN, harmonic  # noqa: E402
 from evaluate import choose_seen, scan, split  # noqa: E402
-from models.sddc import Gate, centroid_and_radius, normalize  # noqa: E402
+from models.sddc import Gate, fit_whitening, normalize  # noqa: E402
+
+SHRINKS = (0.5, 0.8, 0.9, 0.95)  # whitening shrinkage towards the mean variance
 
 
 def gate_of(mem: np.ndarray, y: np.ndarray, names: list[str], alpha: float) -> Gate:
@@ -59,14 +62,17 @@ def cosine(mem, y, names, alpha) -> Gate:
     return gate
 
 
-def whitening(mem: np.ndarray, y: np.ndarray, shrink: float, within: bool) -> np.ndarray:
-    """(D, D) symmetric W = S^-1/2 of the memory's covariance S (pooled within-class if `within`),
-    shrunk as (1 - shrink) S + shrink * mean variance * I; then distances are taken on x @ W."""
-    centred = mem - (np.stack([mem[y == n].mean(0) for n in y]) if within else mem.mean(0))
-    s = centred.T @ centred / len(mem)
-    s = (1 - shrink) * s + shrink * np.trace(s) / len(s) * np.eye(len(s))
-    w, v = np.linalg.eigh(s)
-    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
+def whitened_in_sample(mem, y, names, alpha, shrink) -> tuple[Gate, np.ndarray]:
+    """Whitening fitted on all members, radii from the members' own (in-sample) whitened distances."""
+    w = fit_whitening([mem[y == n] for n in names], shrink)
+    return gate_of(mem @ w, y, names, alpha), w
+
+
+def whitened_held_out(mem, y, names, alpha, shrink, seed) -> Gate:
+    """The Gate option: Gate.whiten (held-out radii in the whitened space)."""
+    gate = gate_of(mem, y, names, alpha)
+    gate.whiten(shrink, alpha, seed)
+    return gate
 
 
 def score(gate: Gate, test: np.ndarray, true: np.ndarray, seen_mask: np.ndarray) -> tuple[float, float, float]:
@@ -84,13 +90,10 @@ def methods(mem, y, names, alpha, seed) -> dict:
            "shared radius": (shared_radius(gate_of(mem, y, names, alpha), mem, y, alpha), same),
            "held-out radii (split halves)": (held_out(gate_of(mem, y, names, alpha), mem, y, alpha, seed), same),
            "cosine (unit centroid)": (cosine(mem, y, names, alpha), same)}
-    for within in (True, False):
-        for shrink in (0.1, 0.3, 0.5, 0.8):
-            w = whitening(mem, y, shrink, within)
-            kind = "within-class" if within else "total"
-            out[f"whiten {kind} lambda {shrink}"] = (gate_of(mem @ w, y, names, alpha), lambda z, w=w: z @ w)
-            out[f"whiten {kind} lambda {shrink}, unit rows"] = (
-                gate_of(normalize(mem @ w), y, names, alpha), lambda z, w=w: normalize(z @ w))
+    gate, w = whitened_in_sample(mem, y, names, alpha, SHRINKS[1])
+    out[f"whiten {SHRINKS[1]}, in-sample radii"] = (gate, lambda z, w=w: z @ w)
+    for shrink in SHRINKS:
+        out[f"whiten {shrink}, held-out radii (Gate.whiten)"] = (whitened_held_out(mem, y, names, alpha, shrink, seed), same)
     return out
 
 
