@@ -55,8 +55,15 @@ class Gate:
     set_size: int = 7
     # Per class, a bounded sample of member embeddings (M_i, D) so a class can grow; empty when unknown.
     members: list[np.ndarray] = field(default_factory=list)
+    # Per class: True when discovery made it (it may grow and merge), False for seen classes given by a
+    # person or a labeled memory (discovery never grows them from unseen rows).
+    discovered: list[bool] = field(default_factory=list)
     # (D, D) whitening (see `whiten`): centroids, radii and distances live in the space x @ transform.
     transform: np.ndarray | None = None
+
+    def __post_init__(self):
+        if len(self.discovered) < len(self.names):  # classes of an older memory file: novel-N were discovered
+            self.discovered = self.discovered + [n.startswith("novel-") for n in self.names[len(self.discovered):]]
 
     @classmethod
     def empty(cls, dim: int = 0, set_size: int = 7) -> "Gate":
@@ -97,10 +104,10 @@ class Gate:
             self.centroids[i] = m.mean(axis=0) @ self.transform
             self.radii[i] = np.quantile(np.concatenate(held[i]), alpha)
 
-    def add_members(self, name: str, members: np.ndarray, alpha: float) -> None:
+    def add_members(self, name: str, members: np.ndarray, alpha: float, discovered: bool = False) -> None:
         """A new class from its member embeddings (M, D), normalized."""
         centroid, radius = centroid_and_radius(self.project(members), alpha)
-        self.add(name, centroid, radius, len(members))
+        self.add(name, centroid, radius, len(members), discovered)
         self.members[-1] = members.astype(np.float32)
 
     def grow(self, i: int, members: np.ndarray, alpha: float, keep: int) -> None:
@@ -111,7 +118,7 @@ class Gate:
         self.sizes[i] += len(members)
         self.members[i] = pool.astype(np.float32)
 
-    def add(self, name: str, centroid: np.ndarray, radius: float, size: int) -> None:
+    def add(self, name: str, centroid: np.ndarray, radius: float, size: int, discovered: bool = False) -> None:
         if name in self.names:
             raise ValueError(f"class {name!r} exists already")
         if len(self) and centroid.shape != self.centroids.shape[1:]:
@@ -123,6 +130,7 @@ class Gate:
         self.sizes = np.append(self.sizes, size).astype(np.int64)
         self.set_ids = np.append(self.set_ids, set_id).astype(np.int64)
         self.members.append(np.zeros((0, centroid.shape[0]), np.float32))
+        self.discovered.append(bool(discovered))
 
     def rename(self, old: str, new: str) -> None:
         if new in self.names:
@@ -132,7 +140,7 @@ class Gate:
     def remove(self, name: str) -> None:
         i = self._index(name)
         keep = np.arange(len(self)) != i
-        del self.names[i], self.members[i]
+        del self.names[i], self.members[i], self.discovered[i]
         self.centroids, self.radii = self.centroids[keep], self.radii[keep]
         self.sizes, self.set_ids = self.sizes[keep], self.set_ids[keep]
 
@@ -190,7 +198,7 @@ def save_gate(gate: Gate, path: str | Path) -> None:
         members = {f"members_{i}": m.astype(np.float16) for i, m in enumerate(gate.members)}
         np.savez(f, format=np.int64(MEMORY_FORMAT), names=np.array(gate.names, dtype=np.str_),
                  centroids=gate.centroids, radii=gate.radii, sizes=gate.sizes, set_ids=gate.set_ids,
-                 set_size=np.int64(gate.set_size), **members,
+                 set_size=np.int64(gate.set_size), discovered=np.array(gate.discovered, bool), **members,
                  **({} if gate.transform is None else {"transform": gate.transform}))
         f.flush()
         os.fsync(f.fileno())
@@ -206,12 +214,14 @@ def load_gate(path: str | Path) -> Gate:
             gate = Gate([str(n) for n in z["names"]], z["centroids"].astype(np.float32),
                         z["radii"].astype(np.float32), z["sizes"].astype(np.int64),
                         z["set_ids"].astype(np.int64), int(z["set_size"]))
+            if "discovered" in z.files:
+                gate.discovered = [bool(v) for v in z["discovered"]]
             gate.members = [z[f"members_{i}"].astype(np.float32) if f"members_{i}" in z.files
                             else np.zeros((0, gate.centroids.shape[1]), np.float32) for i in range(len(gate.names))]
             gate.transform = z["transform"].astype(np.float32) if "transform" in z.files else None
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"class memory {path} is not readable: {exc}") from None
     k = len(gate.names)
-    if gate.centroids.shape[0] != k or any(len(a) != k for a in (gate.radii, gate.sizes, gate.set_ids)):
+    if gate.centroids.shape[0] != k or any(len(a) != k for a in (gate.radii, gate.sizes, gate.set_ids, gate.discovered)):
         raise ValueError(f"class memory {path} is inconsistent: {k} names but other columns disagree")
     return gate

@@ -63,17 +63,21 @@ class GateSettings:
 
 @dataclass(frozen=True)
 class ClusterSettings:
+    """No knob here is a distance or a similarity: ranks, counts, shares and a resolution, so one default
+    serves every embedder and domain (models/discovery.py)."""
     buffer_size: int = 2000      # unseen embeddings kept; the oldest go first
     period_s: float = 2.0        # cluster at most this often
     min_new: int = 16            # ... and only after this many new unseen embeddings
-    k: int = 10                  # neighbours in the kNN graph
-    min_similarity: float = 0.6  # cosine similarity for a kNN edge
-    dedup_similarity: float = 0.95  # near-identical embeddings count once
-    min_size: int = 6            # members (after de-duplication) for a new class
-    anchors: int = 8             # members per known class clustered with the buffer (a group they reach grows it)
+    k: int = 15                  # neighbours per row in the kNN graph
+    resolution: float = 0.5      # Leiden modularity resolution: 0.5 never splits one Gaussian blob, 1.0 shatters it
+    min_size: int = 6            # rows a new class needs
+    min_tracks: int = 3          # ... from this many tracks (untracked rows count one each)
+    min_objects: int = 2         # ... showing this many distinct objects (re-tracked look-alikes count once)
+    per_track: int = 3           # views kept per track in the buffer, and rows per object in the graph
+    anchors: int = 32            # newest members per known class clustered with the buffer
+    hold: float = 0.5            # a group holding more than this share of a class's anchors is that class
     max_members: int = 256       # member embeddings kept per class to recompute centroid and radius
-    per_track: int = 3           # representative views kept per track in the buffer
-    min_tracks: int = 3          # a new class needs members from this many tracks (untracked rows count 1 each)
+    seed: int = 0                # Leiden's and the kNN search's seed
     examples: int = 8            # example crops saved per class, for a person to name it
     crops_dir: str | None = None  # where; None = beside the memory file (<memory>.crops/), or nowhere
 
