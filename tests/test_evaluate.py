@@ -56,16 +56,15 @@ def make_folder(root, per_class=12, odd=True):
 
 def run_eval(tmp_path, *extra, data=None):
     data = data or make_folder(tmp_path / "data")
-    argv = ["--data", str(data), "--seen", "a,b", "--alpha", "1.0", "--k", "10", "--min-similarity", "0.8",
-            "--dedup-similarity", "0.999", "--min-size", "3", "--json", str(tmp_path / "m.json"),
-            "--predictions", str(tmp_path / "p.jsonl"), *extra]
+    argv = ["--data", str(data), "--seen", "a,b", "--alpha", "1.0", "--set", "cluster.k=5",  # 23 rows: k 15 joins all
+            "--json", str(tmp_path / "m.json"), "--predictions", str(tmp_path / "p.jsonl"), *extra]
     return evaluate.main(argv, embedder=ColourEmbedder())
 
 
 def test_evaluator_on_known_folder_matches_hand_computed_metrics(tmp_path):
     assert run_eval(tmp_path) == 0
     m = json.loads((tmp_path / "m.json").read_text())
-    t2, t1 = m["task2"], m["task1"]
+    t2, t1, t1_all = m["task2"], m["task1"], m["task1_all"]
     # Test set: 6 a + 6 b (the other halves build the memory) + 12 c + 12 d; one d image looks like a.
     assert (m["n_memory"], m["n_test"], m["unseen_classes"]) == (12, 36, ["c", "d"])
     pc = t2["per_class"]
@@ -75,15 +74,21 @@ def test_evaluator_on_known_folder_matches_hand_computed_metrics(tmp_path):
     assert pc[UNKNOWN]["precision"] == 1.0 and pc[UNKNOWN]["recall"] == pytest.approx(23 / 24)
     assert t2["f1_macro"] == pytest.approx((12 / 13 + 1 + 46 / 47) / 3)
     assert (t2["sacc"], t2["uacc"], t2["h"]) == (1.0, pytest.approx(23 / 24), pytest.approx(46 / 47))
-    # Clusters: all 12 c, the 11 flagged d; the a-looking d image is in none (a singleton).
-    assert (t1["clusters"], t1["n"], t1["coverage"]) == (2, 24, pytest.approx(23 / 24))
-    assert t1["acc"] == pytest.approx(23 / 24) and t1["acc_covered"] == 1.0
+    # Task 1 over the 23 unseen images the gate flagged (12 c, 11 d): discover makes one class of each.
+    assert (t1["clusters"], t1["n"], t1["coverage"], m["discovered"]) == (2, 23, 1.0, 2)
+    assert (t1["nmi"], t1["acc"], t1["ari"]) == (pytest.approx(1.0), 1.0, pytest.approx(1.0))
+    assert (t1["nmi_oracle"], t1["acc_oracle"], t1["nmi_kmeans_silhouette"], t1["k_kmeans_silhouette"]) == \
+        (pytest.approx(1.0), 1.0, pytest.approx(1.0), 2)
+    h_true = -sum(p * math.log(p) for p in (12 / 23, 11 / 23))
+    assert t1["nmi_floor"] == pytest.approx(2 * h_true / (h_true + math.log(23)))  # 23 singletons
+    # task1_all over all 24 unseen images: the a-looking d image is in no cluster (a singleton).
+    assert (t1_all["clusters"], t1_all["n"], t1_all["coverage"]) == (2, 24, pytest.approx(23 / 24))
+    assert t1_all["acc"] == pytest.approx(23 / 24) and t1_all["acc_covered"] == 1.0
     h_clusters = -sum(p * math.log(p) for p in (12 / 24, 11 / 24, 1 / 24))
-    assert t1["nmi"] == pytest.approx(2 * math.log(2) / (math.log(2) + h_clusters))
+    assert t1_all["nmi"] == pytest.approx(2 * math.log(2) / (math.log(2) + h_clusters))
     expected = 132 * 121 / 276  # pairs: same class 2*C(12,2), same cluster C(12,2)+C(11,2), total C(24,2)
-    assert t1["ari"] == pytest.approx((121 - expected) / ((132 + 121) / 2 - expected))
-    assert (t1["nmi_oracle"], t1["acc_oracle"], t1["ari_oracle"]) == (1.0, 1.0, 1.0)
-    assert t1["nmi_floor"] == pytest.approx(2 * math.log(2) / (math.log(2) + math.log(24)))  # 24 singletons
+    assert t1_all["ari"] == pytest.approx((121 - expected) / ((132 + 121) / 2 - expected))
+    assert (t1_all["nmi_oracle"], t1_all["acc_oracle"], t1_all["ari_oracle"]) == (1.0, 1.0, 1.0)
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     odd = [r for r in rows if r["true"] == "d" and r["pred"] == "a"]
     assert len(odd) == 1 and odd[0]["cluster"] is None and odd[0]["seen"] is False and odd[0]["distance"] == 0.0
@@ -94,7 +99,7 @@ def test_predictions_recompute_to_the_json_metrics(tmp_path):
     assert run_eval(tmp_path, "--alpha", "0.5") == 0
     m = json.loads((tmp_path / "m.json").read_text())
     again = from_predictions(tmp_path / "p.jsonl", m["seen_classes"])
-    assert again == {"task1": m["task1"], "task2": m["task2"]}
+    assert again == {"task1": m["task1"], "task1_all": m["task1_all"], "task2": m["task2"]}
     # ... and the check can fail: one changed prediction changes the metrics.
     lines = (tmp_path / "p.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
@@ -121,8 +126,7 @@ def test_embedding_cache_is_reused(tmp_path):
     class Refuses:
         def embed(self, crops):
             raise AssertionError("cached embeddings should have been reused")
-    argv = ["--data", str(tmp_path / "data"), "--seen", "a,b", "--alpha", "1.0", "--k", "10", "--min-size", "3",
-            "--min-similarity", "0.8", "--dedup-similarity", "0.999",
+    argv = ["--data", str(tmp_path / "data"), "--seen", "a,b", "--alpha", "1.0",
             "--json", str(tmp_path / "m.json"), "--predictions", str(tmp_path / "p.jsonl")]
     assert evaluate.main(argv, embedder=Refuses()) == 0
     assert json.loads((tmp_path / "m.json").read_text())["task2"] == first["task2"]
