@@ -114,31 +114,28 @@ def _read(path: Path) -> np.ndarray:
 
 
 def build_gate(x: np.ndarray, labels: np.ndarray, memory: np.ndarray, seen: list[str], alpha: float,
-               set_size: int, whiten: float = 0.0) -> Gate:
-    """The class memory, one class per seen class, from its memory images, whitened (Gate.whiten) with
-    shrinkage `whiten` unless 0. x: (N, D) normalized."""
+               set_size: int) -> Gate:
+    """The class memory, one seen class per seen class name, from its memory images. x: (N, D) normalized."""
     gate = Gate.empty(x.shape[1], set_size)
     for name in seen:
         gate.add_members(name, x[memory & (labels == name)], alpha)
-    if whiten:
-        gate.whiten(whiten, alpha)
     return gate
 
 
-def classify(x, labels, memory, seen, alpha, set_size, whiten=0.0) -> tuple[Gate, np.ndarray, np.ndarray, np.ndarray]:
+def classify(x, labels, memory, seen, alpha, set_size) -> tuple[Gate, np.ndarray, np.ndarray, np.ndarray]:
     """The gate built from the memory images; per test image (T,) its class index (-1 = unseen),
     predicted name (a seen class or UNKNOWN) and distance."""
-    gate = build_gate(x, labels, memory, seen, alpha, set_size, whiten)
+    gate = build_gate(x, labels, memory, seen, alpha, set_size)
     index, distance = gate.classify(x[~memory])
     return gate, index, np.array([gate.names[i] if i >= 0 else UNKNOWN for i in index], object), distance
 
 
 def run(x: np.ndarray, labels: np.ndarray, memory: np.ndarray, seen: list[str], alpha: float, set_size: int,
-        rules: DiscoveryRules, whiten: float = 0.0) -> dict:
+        rules: DiscoveryRules) -> dict:
     """Gate, then label-free clustering of what it flags, over the test images (~memory). x: (N, D) normalized.
     Returns per test image (T,) arrays: pred (class or UNKNOWN), distance, cluster (the discovered class
     discover assigned it to, None = none), plus the names of the classes discovery created and grew."""
-    gate, index, pred, distance = classify(x, labels, memory, seen, alpha, set_size, whiten)
+    gate, index, pred, distance = classify(x, labels, memory, seen, alpha, set_size)
     test = x[~memory]
     flagged = np.flatnonzero(index < 0)
     clusters = np.full(len(test), None, object)
@@ -157,15 +154,15 @@ def run(x: np.ndarray, labels: np.ndarray, memory: np.ndarray, seen: list[str], 
     return {"pred": pred, "distance": distance, "cluster": clusters, "new": new, "grown": grown}
 
 
-def sweeps(x, labels, memory, seen, alpha, set_size, cluster, whiten) -> dict:
+def sweeps(x, labels, memory, seen, alpha, set_size, cluster) -> dict:
     """Paper Figs. 6-7 (Sacc, Uacc, H vs alpha; gate only) and Fig. 8 (vs classes per embedding set)."""
     test_seen = np.isin(labels[~memory], seen)
     out = {"alpha": [], "set_size": []}
     for a in np.round(np.linspace(0, 1, 21), 2):
-        pred = classify(x, labels, memory, seen, float(a), set_size, whiten)[2]
+        pred = classify(x, labels, memory, seen, float(a), set_size)[2]
         out["alpha"].append({"alpha": float(a), **_accuracies(pred, labels[~memory], test_seen)})
     for s in range(1, 11):
-        r = run(x, labels, memory, seen, alpha, s, cluster, whiten)
+        r = run(x, labels, memory, seen, alpha, s, cluster)
         rows = _rows(labels[~memory], test_seen, r, {"oracle": [None] * len(test_seen), "kmeans": [None] * len(test_seen),
                                                      "oracle_all": [None] * len(test_seen)})
         t1 = from_rows(rows, seen)["task1"]
@@ -248,7 +245,6 @@ def evaluate(args, embedder=None) -> int:
     settings = load(args.config or None, dict(_override(o) for o in args.set))
     alpha = settings.gate.alpha if args.alpha is None else args.alpha
     set_size = settings.gate.set_size if args.set_size is None else args.set_size
-    whiten = settings.gate.whiten
     if not 0.0 <= alpha <= 1.0 or set_size < 1:
         raise EvalError(f"--alpha must lie in [0, 1] and --set-size be >= 1, got {alpha} and {set_size}")
     if args.every < 1 or not 0.0 <= args.linger <= 1.0:
@@ -277,27 +273,27 @@ def evaluate(args, embedder=None) -> int:
     true, test_paths = labels[test], [str(paths[i]) for i in test]
     test_seen = np.isin(true, seen)
     metrics = {"embedder": name, "weights": weights, "options": options, "alpha": alpha, "set_size": set_size,
-               "whiten": whiten, "cluster": dataclasses.asdict(settings.cluster), "seed": args.seed,
+               "cluster": dataclasses.asdict(settings.cluster), "seed": args.seed,
                "data": str(args.data),
                "seen_classes": seen, "unseen_classes": [c for c in classes if c not in seen],
                "memory_fraction": args.memory_fraction, "n_memory": int(memory.sum()), "n_test": len(test)}
     if args.stream:
         from eval_stream import stream
         views = Path(args.view_cache) if args.view_cache else cache.parent / f"views-{tag}.npz"
-        gate = build_gate(x, labels, memory, seen, alpha, set_size, whiten)
+        gate = build_gate(x, labels, memory, seen, alpha, set_size)
         rows, found = stream(x, test, true, seen, gate, rules, settings, alpha, args.seed, args.every, args.linger,
                              lambda i: _read(paths[i]), keys, lambda k, load_view: embed_cached(k, load_view, make, views))
         for r, p in zip(rows, test_paths):
             r["path"] = p
         metrics.update(found)
     else:
-        result = run(x, labels, memory, seen, alpha, set_size, rules, whiten)
+        result = run(x, labels, memory, seen, alpha, set_size, rules)
         flagged = ~test_seen & (result["pred"] == UNKNOWN)
         groups = {"oracle": flagged, "oracle_all": ~test_seen}
         rows = _rows(true, test_seen, result, baselines(x[test], true, groups, args.seed, "oracle"), test_paths)
         metrics.update({"discovered": len(result["new"]), "grown_seen": result["grown"], **from_rows(rows, seen)})
     if args.plots and not args.stream:
-        metrics["sweeps"] = sweeps(x, labels, memory, seen, alpha, set_size, rules, whiten)
+        metrics["sweeps"] = sweeps(x, labels, memory, seen, alpha, set_size, rules)
         title = f"{name} {options['input_size']}px" if "input_size" in options else name
         plot(metrics["sweeps"], Path(args.plots), title)
     metrics["seconds"] = {"embed": round(embedded - started, 2), "total": round(time.monotonic() - started, 2)}

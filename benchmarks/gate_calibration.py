@@ -11,7 +11,7 @@ today's per-class alpha-quantile radius; one shared radius; held-out radii (each
 members measured against the other half's centroid); cosine (distances to the unit centroid); and
 whitening fitted on the class memory (pooled within-class covariance shrunk towards its mean variance)
 with distances, centroids and radii in the whitened space, radii from the members' own distances or
-held out (Gate.whiten: each half's distances under the whitening and centroid of the other half).
+held out (each half's distances under the whitening and centroid of the other half).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from eval_metrics import UNKNOWN, harmonic  # noqa: E402
 from evaluate import choose_seen, scan, split  # noqa: E402
-from models.sddc import Gate, fit_whitening, normalize  # noqa: E402
+from models.sddc import Gate, normalize  # noqa: E402
 
 SHRINKS = (0.5, 0.8, 0.9, 0.95)  # whitening shrinkage towards the mean variance
 
@@ -62,17 +62,40 @@ def cosine(mem, y, names, alpha) -> Gate:
     return gate
 
 
+def fit_whitening(members: list[np.ndarray], shrink: float) -> np.ndarray:
+    """(D, D) W = S^-1/2 for the pooled within-class covariance S of the classes' members (each (M_i, D)),
+    shrunk towards its mean variance, (1 - shrink) S + shrink tr(S)/D I, so that it exists with fewer
+    members than dimensions. Distances are then taken between rows of x @ W."""
+    centred = np.vstack([m - m.mean(axis=0) for m in members]).astype(np.float64)  # (M, D)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)                        # vt: (r, D)
+    var = sv ** 2 / len(centred)
+    iso = shrink * max(float(var.sum()) / centred.shape[1], 1e-12)
+    scale = ((1.0 - shrink) * var + iso) ** -0.5 - iso ** -0.5                      # (r,) on top of iso^-1/2
+    return (np.eye(centred.shape[1]) * iso ** -0.5 + (vt.T * scale) @ vt).astype(np.float32)
+
+
 def whitened_in_sample(mem, y, names, alpha, shrink) -> tuple[Gate, np.ndarray]:
     """Whitening fitted on all members, radii from the members' own (in-sample) whitened distances."""
     w = fit_whitening([mem[y == n] for n in names], shrink)
     return gate_of(mem @ w, y, names, alpha), w
 
 
-def whitened_held_out(mem, y, names, alpha, shrink, seed) -> Gate:
-    """The Gate option: Gate.whiten (held-out radii in the whitened space)."""
-    gate = gate_of(mem, y, names, alpha)
-    gate.whiten(shrink, alpha, seed)
-    return gate
+def whitened_held_out(mem, y, names, alpha, shrink, seed) -> tuple[Gate, np.ndarray]:
+    """Whitening fitted on all members; each radius the alpha-quantile of held-out distances: each half
+    of a class's members to the other half's centroid, under the whitening fitted on the other halves."""
+    halves = []
+    for i, n in enumerate(names):
+        m = mem[y == n][np.random.default_rng([seed, i]).permutation(int((y == n).sum()))]
+        halves.append((m[:len(m) // 2], m[len(m) // 2:]))
+    held: list[list[np.ndarray]] = [[] for _ in names]
+    for f in (0, 1):
+        w = fit_whitening([h[f] for h in halves], shrink)
+        for i, h in enumerate(halves):
+            held[i].append(np.linalg.norm((h[1 - f] - h[f].mean(axis=0)) @ w, axis=1))
+    w = fit_whitening([mem[y == n] for n in names], shrink)
+    gate = gate_of(mem @ w, y, names, alpha)
+    gate.radii[:] = [np.quantile(np.concatenate(d), alpha) for d in held]
+    return gate, w
 
 
 def score(gate: Gate, test: np.ndarray, true: np.ndarray, seen_mask: np.ndarray) -> tuple[float, float, float]:
@@ -93,7 +116,8 @@ def methods(mem, y, names, alpha, seed) -> dict:
     gate, w = whitened_in_sample(mem, y, names, alpha, SHRINKS[1])
     out[f"whiten {SHRINKS[1]}, in-sample radii"] = (gate, lambda z, w=w: z @ w)
     for shrink in SHRINKS:
-        out[f"whiten {shrink}, held-out radii (Gate.whiten)"] = (whitened_held_out(mem, y, names, alpha, shrink, seed), same)
+        gate, w = whitened_held_out(mem, y, names, alpha, shrink, seed)
+        out[f"whiten {shrink}, held-out radii"] = (gate, lambda z, w=w: z @ w)
     return out
 
 

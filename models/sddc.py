@@ -27,20 +27,6 @@ def centroid_and_radius(members: np.ndarray, alpha: float) -> tuple[np.ndarray, 
     return centroid.astype(np.float32), float(np.quantile(distances, alpha))
 
 
-def fit_whitening(members: list[np.ndarray], shrink: float) -> np.ndarray:
-    """(D, D) W = S^-1/2 for the pooled within-class covariance S of the classes' members (each (M_i, D)),
-    shrunk towards its mean variance, (1 - shrink) S + shrink tr(S)/D I, so that it exists with fewer
-    members than dimensions. Distances are then taken between rows of x @ W."""
-    if not 0.0 < shrink <= 1.0:
-        raise ValueError(f"whitening shrinkage must lie in (0, 1], got {shrink}")
-    centred = np.vstack([m - m.mean(axis=0) for m in members]).astype(np.float64)  # (M, D)
-    _, sv, vt = np.linalg.svd(centred, full_matrices=False)                        # vt: (r, D)
-    var = sv ** 2 / len(centred)
-    iso = shrink * max(float(var.sum()) / centred.shape[1], 1e-12)
-    scale = ((1.0 - shrink) * var + iso) ** -0.5 - iso ** -0.5                      # (r,) on top of iso^-1/2
-    return (np.eye(centred.shape[1]) * iso ** -0.5 + (vt.T * scale) @ vt).astype(np.float32)
-
-
 @dataclass
 class Gate:
     """Each embedding set holds at most set_size classes, as in the paper; a new class joins the
@@ -58,8 +44,6 @@ class Gate:
     # Per class: True when discovery made it (it may grow and merge), False for seen classes given by a
     # person or a labeled memory (discovery never grows them from unseen rows).
     discovered: list[bool] = field(default_factory=list)
-    # (D, D) whitening (see `whiten`): centroids, radii and distances live in the space x @ transform.
-    transform: np.ndarray | None = None
 
     def __post_init__(self):
         if len(self.discovered) < len(self.names):  # classes of an older memory file: novel-N were discovered
@@ -79,41 +63,16 @@ class Gate:
         last = int(self.set_ids.max())
         return last if np.count_nonzero(self.set_ids == last) < self.set_size else last + 1
 
-    def project(self, x: np.ndarray) -> np.ndarray:
-        """Embeddings (N, D) into the space the gate measures distances in (the whitened one, if any)."""
-        return x if self.transform is None else (x @ self.transform).astype(np.float32)
-
-    def whiten(self, shrink: float, alpha: float, seed: int = 0) -> None:
-        """From now on distances are measured after whitening with the classes' pooled within-class
-        covariance (fit_whitening, fitted on the member samples). Each centroid is recomputed there;
-        each radius is the alpha-quantile of held-out distances (each half of a class's members to
-        the other half's centroid, whitening fitted on the other halves), since whitening fitted on
-        the members themselves makes their own distances too small. Needs >= 4 members per class."""
-        if not len(self) or min(len(m) for m in self.members) < 4:
-            raise ValueError("whitening needs at least 4 member embeddings in every class")
-        raw = [m.astype(np.float64) for m in self.members]
-        order = [np.random.default_rng([seed, i]).permutation(len(m)) for i, m in enumerate(raw)]
-        halves = [(m[o[:len(o) // 2]], m[o[len(o) // 2:]]) for m, o in zip(raw, order)]
-        held: list[list[np.ndarray]] = [[] for _ in raw]
-        for f in (0, 1):
-            w = fit_whitening([h[f] for h in halves], shrink)
-            for i, h in enumerate(halves):
-                held[i].append(np.linalg.norm((h[1 - f] - h[f].mean(axis=0)) @ w, axis=1))
-        self.transform = fit_whitening(raw, shrink)
-        for i, m in enumerate(raw):
-            self.centroids[i] = m.mean(axis=0) @ self.transform
-            self.radii[i] = np.quantile(np.concatenate(held[i]), alpha)
-
     def add_members(self, name: str, members: np.ndarray, alpha: float, discovered: bool = False) -> None:
         """A new class from its member embeddings (M, D), normalized."""
-        centroid, radius = centroid_and_radius(self.project(members), alpha)
+        centroid, radius = centroid_and_radius(members, alpha)
         self.add(name, centroid, radius, len(members), discovered)
         self.members[-1] = members.astype(np.float32)
 
     def grow(self, i: int, members: np.ndarray, alpha: float, keep: int) -> None:
         """Class i absorbs more members; centroid and radius are recomputed from the newest `keep`."""
         pool = np.vstack([self.members[i], members])[-keep:] if len(self.members[i]) else members[-keep:]
-        centroid, radius = centroid_and_radius(self.project(pool), alpha)
+        centroid, radius = centroid_and_radius(pool, alpha)
         self.centroids[i], self.radii[i] = centroid, radius
         self.sizes[i] += len(members)
         self.members[i] = pool.astype(np.float32)
@@ -168,7 +127,7 @@ class Gate:
     def classify(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """embeddings: (N, D) normalized -> (class index (N,) int64, -1 = unseen; distance (N,) float32
         to the winning centroid, or to the nearest centroid overall when unseen; inf with no classes)."""
-        n, embeddings = len(embeddings), self.project(embeddings)
+        n = len(embeddings)
         if len(self) == 0 or n == 0:
             return np.full(n, -1, np.int64), np.full(n, np.inf, np.float32)
         d = np.linalg.norm(embeddings[:, None, :] - self.centroids[None, :, :], axis=2)  # (N, K)
@@ -198,8 +157,7 @@ def save_gate(gate: Gate, path: str | Path) -> None:
         members = {f"members_{i}": m.astype(np.float16) for i, m in enumerate(gate.members)}
         np.savez(f, format=np.int64(MEMORY_FORMAT), names=np.array(gate.names, dtype=np.str_),
                  centroids=gate.centroids, radii=gate.radii, sizes=gate.sizes, set_ids=gate.set_ids,
-                 set_size=np.int64(gate.set_size), discovered=np.array(gate.discovered, bool), **members,
-                 **({} if gate.transform is None else {"transform": gate.transform}))
+                 set_size=np.int64(gate.set_size), discovered=np.array(gate.discovered, bool), **members)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -218,7 +176,6 @@ def load_gate(path: str | Path) -> Gate:
                 gate.discovered = [bool(v) for v in z["discovered"]]
             gate.members = [z[f"members_{i}"].astype(np.float32) if f"members_{i}" in z.files
                             else np.zeros((0, gate.centroids.shape[1]), np.float32) for i in range(len(gate.names))]
-            gate.transform = z["transform"].astype(np.float32) if "transform" in z.files else None
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"class memory {path} is not readable: {exc}") from None
     k = len(gate.names)

@@ -58,7 +58,6 @@ class GateSettings:
     vote_min: int = 3            # ... needs at least this many
     vote_share: float = 0.6      # ... and this share for the majority label
     thumb: int = 64              # side of the example crops sent to the cluster stage (px)
-    whiten: float = 0.0          # shrinkage of the whitening fitted on the seen classes' memory (Gate.whiten); 0 = off
 
 
 @dataclass(frozen=True)
