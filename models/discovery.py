@@ -19,7 +19,7 @@ class DiscoveryRules:
     """Every knob is a rank, a count, a share or a resolution — none is a distance or a similarity, so
     one default serves every embedder and domain."""
     k: int = 15                # neighbours per row in the kNN graph
-    resolution: float = 0.5    # Leiden modularity resolution; at 0.5 one Gaussian blob is never split (1.0 shatters it)
+    resolution: float = 0.4    # Leiden modularity resolution; at <= 0.5 one Gaussian blob is never split (1.0 shatters it)
     min_size: int = 6          # rows a new class needs
     min_tracks: int = 3        # ... from at least this many tracks (untracked rows count one each)
     min_objects: int = 2       # ... showing at least this many distinct objects (see `objects`)
@@ -27,6 +27,7 @@ class DiscoveryRules:
     anchors: int = 32          # newest stored members per known class clustered with the buffer
     hold: float = 0.5          # a group holding more than this share of a class's anchors *is* that class
     max_members: int = 256     # member embeddings kept per class (centroid, radius, anchors)
+    restarts: int = 3          # Leiden runs per round; the highest-modularity partition is kept
     seed: int = 0
 
     @classmethod
@@ -129,23 +130,23 @@ class Outcome:
         return bool(self.new or self.grown or self.merged)
 
 
-def communities(x: np.ndarray, k: int, resolution: float, seed: int = 0,
-                neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def communities(x: np.ndarray, k: int, resolution: float, seed: int = 0, restarts: int = 3) -> np.ndarray:
     """x: (N, D) normalized -> community id per row (N,) int64: Leiden (modularity with `resolution`) on
-    the symmetrized graph of each row's k nearest neighbours. Ranks only, no similarity threshold."""
+    the symmetrized graph of each row's k nearest neighbours, the best of `restarts` seeded runs (Leiden
+    is randomized; the highest-modularity partition is kept). Ranks only, no similarity threshold."""
     n = len(x)
     if n < 3:
         return np.zeros(n, np.int64)
-    nbrs, _ = neighbours if neighbours is not None else knn(x, min(k, n - 1), seed)
+    nbrs, _ = knn(x, min(k, n - 1), seed)
     rows = np.repeat(np.arange(n), nbrs.shape[1])
     cols = nbrs.ravel()
     ok = cols >= 0
     a, b = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
     edges = np.unique(a * n + b)
     graph = igraph.Graph(n=n, edges=np.stack([edges // n, edges % n], axis=1).tolist())
-    part = leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition,
-                                    resolution_parameter=resolution, seed=seed, n_iterations=-1)
-    return np.asarray(part.membership, np.int64)
+    runs = [leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition, resolution_parameter=resolution,
+                                     seed=seed + r, n_iterations=-1) for r in range(max(restarts, 1))]
+    return np.asarray(max(runs, key=lambda p: p.quality()).membership, np.int64)
 
 
 def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> np.ndarray:
@@ -159,10 +160,12 @@ def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarra
         return np.zeros(0, np.int64)
     _, t = np.unique(tracks, return_inverse=True)
     spread = np.full(t.max() + 1, np.nan)
-    for track in np.unique(tracks[tracks >= 0]):
-        views = x[tracks == track]
-        if len(views) > 1:
-            spread[t[tracks == track][0]] = float(np.sqrt(np.maximum(2 - 2 * (views @ views.T).min(), 0)))
+    order = np.argsort(t, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(t[order]) != 0])
+    for group in np.split(order, starts[1:]):
+        if len(group) > 1 and tracks[group[0]] >= 0:
+            views = x[group]
+            spread[t[group[0]]] = float(np.sqrt(max(2 - 2 * float((views @ views.T).min()), 0.0)))
     fallback = float(np.nanmedian(spread)) if np.isfinite(spread).any() else 0.0
     spread = np.where(np.isnan(spread), fallback, spread)
     rows = np.repeat(np.arange(n), nbrs.shape[1])
@@ -172,8 +175,9 @@ def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarra
     tracked = (tracks[rows] >= 0) & (tracks[cols] >= 0)
     same = tracked & ((tracks[rows] == tracks[cols]) | (dist <= np.minimum(spread[t[rows]], spread[t[cols]])))
     # rows of one track are linked through the track's first row, whether or not they are neighbours
-    first = {int(tr): i for i, tr in reversed(list(enumerate(tracks))) if tr >= 0}
-    chain = np.array([[first[int(tr)], i] for i, tr in enumerate(tracks) if tr >= 0], np.int64).reshape(-1, 2)
+    first = order[starts][np.searchsorted(t[order][starts], t)]   # (N,) first row of each row's group
+    on_track = np.flatnonzero(tracks >= 0)
+    chain = np.stack([first[on_track], on_track], axis=1)
     a = np.concatenate([rows[same], chain[:, 0]])
     b = np.concatenate([cols[same], chain[:, 1]])
     graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
@@ -204,11 +208,9 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     obj = objects(x, tracks, *knn(x, min(rules.k, len(x) - 1), rules.seed))
     reps = _representatives(obj, rules.per_track)
     anchors, owners, _ = class_anchors(gate, rules.anchors, x[reps])
-    comm_nodes = communities(np.vstack([x[reps], anchors]), rules.k, rules.resolution, rules.seed)
+    comm_nodes = communities(np.vstack([x[reps], anchors]), rules.k, rules.resolution, rules.seed, rules.restarts)
     # every row takes its object's community (the one most of the object's representatives joined)
-    rep_comm = comm_nodes[:len(reps)]
-    obj_comm = {int(o): int(np.bincount(rep_comm[obj[reps] == o]).argmax()) for o in np.unique(obj[reps])}
-    comm = np.array([obj_comm[int(o)] for o in obj], np.int64)
+    comm = _majority(obj, obj[reps], comm_nodes[:len(reps)])
     anchor_comm = comm_nodes[len(reps):]
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
     per_class = np.bincount(owners, minlength=len(gate))
@@ -250,6 +252,15 @@ def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules:
     return target
 
 
+def _majority(groups: np.ndarray, voter_groups: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """Per row of `groups`, the most common vote among the voters of its group (ties: the lowest vote)."""
+    pairs, counts = np.unique(np.stack([voter_groups, votes], axis=1), axis=0, return_counts=True)
+    order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))     # per group: most votes first
+    pairs = pairs[order]
+    best = pairs[np.r_[True, np.diff(pairs[:, 0]) != 0]]        # (G, 2): group, winning vote
+    return best[np.searchsorted(best[:, 0], groups), 1]
+
+
 def _enough(rows: np.ndarray, tracks: np.ndarray, obj: np.ndarray, rules: DiscoveryRules) -> bool:
     t = tracks[rows]
     n_tracks = len(np.unique(t[t >= 0])) + int((t < 0).sum())
@@ -259,12 +270,12 @@ def _enough(rows: np.ndarray, tracks: np.ndarray, obj: np.ndarray, rules: Discov
 
 def _representatives(obj: np.ndarray, per_object: int) -> np.ndarray:
     """Row indices entering the graph: the newest `per_object` rows of each object (all when 0)."""
-    if not per_object:
+    if not per_object or len(obj) == 0:
         return np.arange(len(obj))
-    keep = []
-    for o in np.unique(obj):
-        keep.extend(np.flatnonzero(obj == o)[-per_object:])
-    return np.sort(np.asarray(keep, np.int64))
+    order = np.lexsort((-np.arange(len(obj)), obj))          # by object, newest first
+    starts = np.r_[0, np.flatnonzero(np.diff(obj[order]) != 0) + 1]
+    rank = np.arange(len(obj)) - np.repeat(starts, np.diff(np.r_[starts, len(obj)]))
+    return np.sort(order[rank < per_object])
 
 
 def class_anchors(gate: Gate, per_class: int, near: np.ndarray, top: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

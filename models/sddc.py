@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,16 @@ import numpy as np
 
 UNSEEN = "unseen"
 MEMORY_FORMAT = 1
+# Class names become folder names and travel in events and commands: ASCII letters, digits, '-', '_'.
+CLASS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_name(name: str) -> str:
+    """name, if it may name a class; ValueError saying what a name may be otherwise."""
+    if not isinstance(name, str) or not CLASS_NAME.fullmatch(name) or name == UNSEEN:
+        raise ValueError(f"class name {name!r} is not allowed: use 1 to 64 ASCII letters, digits, '-' or '_' "
+                         f"(and not {UNSEEN!r})")
+    return name
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -78,6 +89,7 @@ class Gate:
         self.members[i] = pool.astype(np.float32)
 
     def add(self, name: str, centroid: np.ndarray, radius: float, size: int, discovered: bool = False) -> None:
+        check_name(name)
         if name in self.names:
             raise ValueError(f"class {name!r} exists already")
         if len(self) and centroid.shape != self.centroids.shape[1:]:
@@ -92,6 +104,7 @@ class Gate:
         self.discovered.append(bool(discovered))
 
     def rename(self, old: str, new: str) -> None:
+        check_name(new)
         if new in self.names:
             raise ValueError(f"class {new!r} exists already")
         self.names[self._index(old)] = new
@@ -126,34 +139,79 @@ class Gate:
 
     def classify(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """embeddings: (N, D) normalized -> (class index (N,) int64, -1 = unseen; distance (N,) float32
-        to the winning centroid, or to the nearest centroid overall when unseen; inf with no classes)."""
-        n = len(embeddings)
-        if len(self) == 0 or n == 0:
+        to the winning centroid, or to the nearest centroid overall when unseen; inf with no classes).
+
+        Distances are float32. A matrix product gives them all up to a rounding bound; those that can
+        decide a label (near their set's minimum and their radius, or near the overall minimum) are
+        recomputed as ||e - c||, so the result is exactly that of computing every ||e - c||."""
+        n, k = len(embeddings), len(self)
+        if k == 0 or n == 0:
             return np.full(n, -1, np.int64), np.full(n, np.inf, np.float32)
-        d = np.linalg.norm(embeddings[:, None, :] - self.centroids[None, :, :], axis=2)  # (N, K)
-        best = np.full(n, -1, np.int64)
-        best_d = np.full(n, np.inf, np.float32)
-        for s in np.unique(self.set_ids):
-            members = np.flatnonzero(self.set_ids == s)
-            nearest = members[np.argmin(d[:, members], axis=1)]              # (N,) class index
-            nd = d[np.arange(n), nearest]
-            inside = (nd <= self.radii[nearest]) & (nd < best_d)
-            best[inside], best_d[inside] = nearest[inside], nd[inside]
-        unseen = best < 0
-        best_d[unseen] = d[unseen].min(axis=1)
-        return best, best_d.astype(np.float32)
+        e = np.ascontiguousarray(embeddings, np.float32)
+        sq, bound = _squared_distances(e, self.centroids)  # (N, K + 1) last column padding, (N, 1)
+        grid = _set_grid(self.set_ids)  # (S, W) class per set and slot, K pads
+        a, tol = sq[:, grid], bound[:, :, None]  # (N, S, W), (N, 1, 1)
+        near = a <= a.min(axis=2, keepdims=True) + 2 * tol  # may be its set's nearest
+        radii2 = np.append(self.radii.astype(np.float32) ** 2, np.float32(-1))[grid]  # (S, W)
+        relevant = (near & (a <= radii2 + tol)).any(axis=2)  # (N, S) sets whose nearest may be inside
+        exact = sq <= sq.min(axis=1, keepdims=True) + 2 * bound  # may be nearest overall
+        r, s, w = np.nonzero(near & relevant[:, :, None])
+        exact[r, grid[s, w]] = True
+        rows, cols = np.nonzero(exact[:, :k])
+        d = np.full((n, k + 1), np.inf, np.float32)  # exact where it matters, inf elsewhere
+        d[rows, cols] = np.linalg.norm(e[rows] - self.centroids[cols], axis=1)
+        slot = d[:, grid].argmin(axis=2)  # (N, S) each set's nearest, the lowest index on ties
+        nearest = grid[np.arange(len(grid)), slot]  # (N, S) class index
+        nd = np.take_along_axis(d, nearest, axis=1)  # (N, S)
+        inside = relevant & (nd <= self.radii[nearest])
+        win = np.argmin(np.where(inside, nd, np.inf), axis=1)  # nearest inside; the first set on ties
+        at = np.arange(n)
+        seen = inside[at, win]
+        best = np.where(seen, nearest[at, win], -1).astype(np.int64)
+        return best, np.where(seen, nd[at, win], d.min(axis=1)).astype(np.float32)
 
     def labels(self, index: np.ndarray) -> list[str]:
         return [self.names[i] if i >= 0 else UNSEEN for i in index]
+
+
+def _squared_distances(e: np.ndarray, c: np.ndarray, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """e (N, D), c (K, D) float32 -> ||e - c||^2 (N, K + 1) from a matrix product, the last column inf
+    (padding), and (N, 1) a bound on its float32 rounding error with a wide margin (about 5x).
+    Centroids are read once, block by block, for both the product and their norms."""
+    k, eps = len(c), np.finfo(np.float32).eps
+    out = np.empty((k + 1, len(e)), np.float32)
+    out[k] = np.inf
+    m, cmax = -2 * e.T, np.float32(0)  # (D, N); scaling by -2 is exact
+    for s in range(0, k, block):
+        part = slice(s, min(s + block, k))
+        cc = np.einsum("ij,ij->i", c[part], c[part])
+        np.matmul(c[part], m, out=out[part])
+        out[part] += cc[:, None]
+        cmax = max(cmax, cc.max())
+    ee = np.einsum("ij,ij->i", e, e)
+    return np.add(out.T, ee[:, None], order="C"), (16 * e.shape[1] * eps * (ee + cmax))[:, None]
+
+
+def _set_grid(set_ids: np.ndarray) -> np.ndarray:
+    """set_ids (K,) -> class indices (S, W) per embedding set (ascending sets, ascending indices
+    within a set), padded with K; W is the largest set."""
+    order = np.argsort(set_ids, kind="stable")
+    _, seg, counts = np.unique(set_ids[order], return_inverse=True, return_counts=True)
+    grid = np.full((len(counts), counts.max()), len(set_ids), np.int64)
+    grid[seg, np.arange(len(order)) - (np.cumsum(counts) - counts)[seg]] = order
+    return grid
 
 
 def save_gate(gate: Gate, path: str | Path) -> None:
     """Writes the class memory as .npz (no pickle) via a temp file and rename, so a crash never
     leaves a half-written file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    # Owner-only from the first byte (the classes describe what the camera saw); no following a planted link.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode through O_TRUNC
+    with os.fdopen(fd, "wb") as f:
         members = {f"members_{i}": m.astype(np.float16) for i, m in enumerate(gate.members)}
         np.savez(f, format=np.int64(MEMORY_FORMAT), names=np.array(gate.names, dtype=np.str_),
                  centroids=gate.centroids, radii=gate.radii, sizes=gate.sizes, set_ids=gate.set_ids,
@@ -178,6 +236,13 @@ def load_gate(path: str | Path) -> Gate:
                             else np.zeros((0, gate.centroids.shape[1]), np.float32) for i in range(len(gate.names))]
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"class memory {path} is not readable: {exc}") from None
+    for name in gate.names:
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise ValueError(f"class memory {path}: {exc}") from None
+    if len(set(gate.names)) != len(gate.names):
+        raise ValueError(f"class memory {path} names a class twice")
     k = len(gate.names)
     if gate.centroids.shape[0] != k or any(len(a) != k for a in (gate.radii, gate.sizes, gate.set_ids, gate.discovered)):
         raise ValueError(f"class memory {path} is inconsistent: {k} names but other columns disagree")

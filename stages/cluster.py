@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import zmq
 
@@ -12,6 +11,7 @@ from models.discovery import DiscoveryRules, UnseenBuffer, discover
 from models.sddc import Gate, save_gate
 from stages.classes import handle
 from stages.config import ClusterSettings
+from stages.crops import private_folder, write_png
 from stages.gate import load_memory
 from stages.process import StageProcess
 from stream.messages import ClassUpdate, EndOfStream, UnseenBatch
@@ -19,11 +19,12 @@ from stream.sockets import Inbox, send
 
 
 def save_examples(folder: Path, thumbs: np.ndarray, limit: int) -> None:
-    """Up to `limit` example crops per class folder (numbered PNGs); a person looks at them to name the class."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Up to `limit` example crops per class folder (numbered PNGs, owner-only: they show people); a person
+    looks at them to name the class."""
+    private_folder(folder)
     have = len(list(folder.glob("*.png")))
     for i, thumb in enumerate(thumbs[:max(limit - have, 0)]):
-        cv2.imwrite(str(folder / f"{have + i:03d}.png"), thumb)
+        write_png(folder / f"{have + i:03d}.png", thumb)
 
 
 def snapshot(gate: Gate, version: int) -> ClassUpdate:
@@ -82,8 +83,12 @@ def run(stage: StageProcess) -> int:
                 stage.emit(event.pop("type"), **event)
         msg = inbox.recv(0) if inbox.sock in ready else None
         if isinstance(msg, UnseenBatch):
-            buffer.add(msg.embeddings, msg.track, msg.thumbs)
-            new_rows += len(msg)
+            dim = gate.centroids.shape[1] if len(gate) else buffer.embeddings.shape[1] if len(buffer) else None
+            if dim is not None and msg.embeddings.shape[1] != dim:
+                inbox.reject(f"unseen embeddings of dim {msg.embeddings.shape[1]}, this run's are {dim}")
+            else:
+                buffer.add(msg.embeddings, msg.track, msg.thumbs)
+                new_rows += len(msg)
         if isinstance(msg, EndOfStream) or (new_rows >= s.min_new and time.monotonic() - last_run >= s.period_s):
             cluster_now()
     if g.memory:

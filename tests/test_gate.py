@@ -97,3 +97,38 @@ def test_corrupt_memory_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match="not readable"):
         load_gate(path)
+
+
+def random_gate(rng: np.random.Generator, k: int, dim: int, set_size: int) -> Gate:
+    """k classes around a few shared directions, so sets hold close rivals; some exact duplicates."""
+    gate = Gate.empty(dim, set_size)
+    base = normalize(rng.normal(size=(max(1, k // 3), dim)))
+    for i in range(k):
+        spread = rng.choice([0.05, 0.3, 1.0])
+        gate.add_members(f"c{i}", normalize(base[i % len(base)] + spread * rng.normal(size=(5, dim))), 0.75)
+    if k > 2:
+        gate.centroids[k - 1] = gate.centroids[0]  # a tie across or within sets
+    return gate
+
+
+@pytest.mark.parametrize("k,dim,set_size,shuffle", [
+    (1, 8, 7, False), (2, 2, 1, False), (7, 16, 7, False), (30, 64, 3, True), (60, 384, 7, False),
+    (200, 129, 7, True)])
+def test_classify_equals_the_direct_computation(k, dim, set_size, shuffle):
+    from benchmarks.baseline.sddc_v1 import classify as direct  # the pre-issue-8 code, (N, K, D) temporary
+    rng = np.random.default_rng(k)
+    for trial in range(20):
+        gate = random_gate(rng, k, dim, set_size)
+        if shuffle:
+            rng.shuffle(gate.set_ids)
+        base = gate.centroids[rng.integers(0, k, 25)]
+        x = normalize(base + rng.choice([0.05, 0.3, 1.0]) * rng.normal(size=base.shape))
+        x[0] = gate.centroids[0]  # exactly on a centroid
+        gate.radii[-1] = np.linalg.norm(x[1:2, None] - gate.centroids[None, -1:], axis=2)[0, 0]  # exactly on a radius
+        if trial % 5 == 0:
+            gate.radii[:] = trial % 2 * 10.0  # everything outside / everything inside
+        index, distance = gate.classify(x)
+        want_index, want_distance = direct(gate.centroids, gate.radii, gate.set_ids, x)
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(distance, want_distance)  # bit for bit
+        assert distance.dtype == np.float32 and index.dtype == np.int64
