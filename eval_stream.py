@@ -1,4 +1,4 @@
-"""Stream replay for evaluate.py --stream: test images as tracked objects of near-identical frames, clustered as the cluster stage does."""
+"""evaluate.py --stream: test images replayed as tracked objects of near-identical frames, clustered as live."""
 from __future__ import annotations
 
 import zlib
@@ -87,7 +87,7 @@ def view_embeddings(plan: Plan, keys: list[str], read: Callable[[int], np.ndarra
     once, through `embed_cached(keys, load)` (which caches by key)."""
     pairs = np.unique(np.stack([plan.obj, plan.view], 1), axis=0)
     vkeys = [view_key(keys[o], j) for o, j in pairs.tolist()]
-    rows = embed_cached(vkeys, lambda i: perturb(read(int(pairs[i, 0])), view_params(keys[pairs[i, 0]], int(pairs[i, 1]))))
+    rows = embed_cached(vkeys, lambda i: perturb(read(int(pairs[i, 0])), view_params(keys[pairs[i, 0]], pairs[i, 1])))
     at = {(int(o), int(j)): i for i, (o, j) in enumerate(pairs.tolist())}
     return rows[[at[(int(o), int(j))] for o, j in zip(plan.obj, plan.view)]]
 

@@ -163,8 +163,8 @@ def sweeps(x, labels, memory, seen, alpha, set_size, cluster) -> dict:
         out["alpha"].append({"alpha": float(a), **_accuracies(pred, labels[~memory], test_seen)})
     for s in range(1, 11):
         r = run(x, labels, memory, seen, alpha, s, cluster)
-        rows = _rows(labels[~memory], test_seen, r, {"oracle": [None] * len(test_seen), "kmeans": [None] * len(test_seen),
-                                                     "oracle_all": [None] * len(test_seen)})
+        none = [None] * len(test_seen)
+        rows = _rows(labels[~memory], test_seen, r, {"oracle": none, "kmeans": none, "oracle_all": none})
         t1 = from_rows(rows, seen)["task1"]
         out["set_size"].append({"set_size": s, **_accuracies(r["pred"], labels[~memory], test_seen),
                                 "nmi": t1["nmi"], "acc": t1["acc"], "clusters": t1["clusters"]})
@@ -282,7 +282,7 @@ def evaluate(args, embedder=None) -> int:
         views = Path(args.view_cache) if args.view_cache else cache.parent / f"views-{tag}.npz"
         gate = build_gate(x, labels, memory, seen, alpha, set_size)
         rows, found = stream(x, test, true, seen, gate, rules, settings, alpha, args.seed, args.every, args.linger,
-                             lambda i: _read(paths[i]), keys, lambda k, load_view: embed_cached(k, load_view, make, views))
+                             lambda i: _read(paths[i]), keys, lambda k, load: embed_cached(k, load, make, views))
         for r, p in zip(rows, test_paths):
             r["path"] = p
         metrics.update(found)
