@@ -11,16 +11,16 @@ import time
 from pathlib import Path
 
 import cv2
-import faiss
 import numpy as np
+import yaml
 
+from eval_baselines import kmeans_silhouette, oracle_kmeans
 from eval_metrics import UNKNOWN, from_rows, harmonic
 from eval_plots import line_plot
+from models.discovery import DiscoveryRules, UnseenBuffer, discover
 from models.registry import EMBEDDERS, ModelError
 from models.sddc import Gate, normalize
-from stages.cluster import UnseenBuffer, discover
-from stages.config import ClusterSettings, ConfigError, load
-from stream.messages import UnseenBatch
+from stages.config import ConfigError, load
 from stream.sources import IMAGE_SUFFIXES
 
 ROOT = Path(__file__).resolve().parent
@@ -78,26 +78,31 @@ def split(labels: np.ndarray, seen: list[str], fraction: float, seed: int) -> np
     return memory
 
 
-def embed_cached(paths: list[Path], make_embedder, cache: Path) -> np.ndarray:
-    """(N, D) float32 raw embeddings; rows already in the .npz cache (keyed by absolute path) are reused."""
-    keys = [str(p.resolve()) for p in paths]
+def embed_cached(keys: list[str], load, make_embedder, cache: Path, save_every: int = 4096) -> np.ndarray:
+    """(N, D) float32 raw embeddings of the images load(i) -> (H, W, 3) uint8, one per key; rows whose
+    key is in the .npz cache are reused, new ones are added to it (saved every `save_every` rows)."""
     known: dict[str, np.ndarray] = {}
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             known = dict(zip(z["paths"].tolist(), z["embeddings"]))
     missing = [i for i, k in enumerate(keys) if k not in known]
-    if missing:
-        embedder = make_embedder()
-        for start in range(0, len(missing), 256):
-            chunk = missing[start:start + 256]
-            crops = [_read(paths[i]) for i in chunk]
-            for i, row in zip(chunk, embedder.embed(crops)):
-                known[keys[i]] = row
-            print(f"embedded {min(start + 256, len(missing))}/{len(missing)}", file=sys.stderr)
+
+    def save() -> None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp.npz")
         np.savez(tmp, paths=np.array(list(known), dtype=np.str_), embeddings=np.stack(list(known.values())))
         tmp.replace(cache)
+    if missing:
+        embedder = make_embedder()
+        for start in range(0, len(missing), 256):
+            chunk = missing[start:start + 256]
+            for i, row in zip(chunk, embedder.embed([load(i) for i in chunk])):
+                known[keys[i]] = row
+            done = min(start + 256, len(missing))
+            print(f"embedded {done}/{len(missing)}", file=sys.stderr)
+            if done % save_every < 256 and done < len(missing):
+                save()
+        save()
     return np.stack([known[k] for k in keys]).astype(np.float32)
 
 
@@ -110,7 +115,7 @@ def _read(path: Path) -> np.ndarray:
 
 def build_gate(x: np.ndarray, labels: np.ndarray, memory: np.ndarray, seen: list[str], alpha: float,
                set_size: int) -> Gate:
-    """The class memory, one class per seen class, from its memory images. x: (N, D) normalized."""
+    """The class memory, one seen class per seen class name, from its memory images. x: (N, D) normalized."""
     gate = Gate.empty(x.shape[1], set_size)
     for name in seen:
         gate.add_members(name, x[memory & (labels == name)], alpha)
@@ -126,34 +131,27 @@ def classify(x, labels, memory, seen, alpha, set_size) -> tuple[Gate, np.ndarray
 
 
 def run(x: np.ndarray, labels: np.ndarray, memory: np.ndarray, seen: list[str], alpha: float, set_size: int,
-        cluster: ClusterSettings) -> dict:
+        rules: DiscoveryRules) -> dict:
     """Gate, then label-free clustering of what it flags, over the test images (~memory). x: (N, D) normalized.
-    Returns per test image (T,) arrays: pred (class or UNKNOWN), distance, cluster (-1 = none), plus the
-    names of the classes discovery created and grew."""
+    Returns per test image (T,) arrays: pred (class or UNKNOWN), distance, cluster (the discovered class
+    discover assigned it to, None = none), plus the names of the classes discovery created and grew."""
     gate, index, pred, distance = classify(x, labels, memory, seen, alpha, set_size)
     test = x[~memory]
     flagged = np.flatnonzero(index < 0)
-    clusters = np.full(len(test), -1, np.int64)
+    clusters = np.full(len(test), None, object)
     new, grown = [], []
-    if len(flagged):
-        buffer = UnseenBuffer(capacity=len(flagged))
-        buffer.add(UnseenBatch("evaluate", 0, test[flagged], np.full(len(flagged), -1, np.int64)))
-        new, grown = discover(gate, buffer, cluster, alpha=alpha)
-        if new:  # each flagged image joins the discovered class the gate's rule puts it in, if any
-            k = [gate.names.index(n) for n in new]
-            found = Gate(list(new), gate.centroids[k], gate.radii[k], gate.sizes[k], gate.set_ids[k], set_size)
-            clusters[flagged] = found.classify(test[flagged])[0]
+    if len(flagged):  # all at once, each image on a track of its own
+        buffer = UnseenBuffer(len(flagged))
+        ids = buffer.add(test[flagged], np.arange(len(flagged), dtype=np.int64))
+        out = discover(gate, buffer, rules, alpha)
+        new, grown, alias = list(out.new), list(out.grown), dict(out.merged)
+        where = {int(i): int(f) for i, f in zip(ids, flagged) if i >= 0}
+        for name, rows in out.assigned.items():
+            while name in alias:
+                name = alias[name]
+            if name not in seen:
+                clusters[[where[int(i)] for i in rows]] = name
     return {"pred": pred, "distance": distance, "cluster": clusters, "new": new, "grown": grown}
-
-
-def oracle_kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """faiss k-means with the true number of classes on x (N, D) normalized -> cluster per row (N,)."""
-    k = min(k, len(x))
-    if k < 2:
-        return np.zeros(len(x), np.int64)
-    km = faiss.Kmeans(x.shape[1], k, niter=25, nredo=3, seed=seed, verbose=False)
-    km.train(np.ascontiguousarray(x))
-    return km.index.search(np.ascontiguousarray(x), 1)[1][:, 0].astype(np.int64)
 
 
 def sweeps(x, labels, memory, seen, alpha, set_size, cluster) -> dict:
@@ -165,7 +163,8 @@ def sweeps(x, labels, memory, seen, alpha, set_size, cluster) -> dict:
         out["alpha"].append({"alpha": float(a), **_accuracies(pred, labels[~memory], test_seen)})
     for s in range(1, 11):
         r = run(x, labels, memory, seen, alpha, s, cluster)
-        rows = _rows(labels[~memory], test_seen, r, np.full(len(test_seen), -1))
+        none = [None] * len(test_seen)
+        rows = _rows(labels[~memory], test_seen, r, {"oracle": none, "kmeans": none, "oracle_all": none})
         t1 = from_rows(rows, seen)["task1"]
         out["set_size"].append({"set_size": s, **_accuracies(r["pred"], labels[~memory], test_seen),
                                 "nmi": t1["nmi"], "acc": t1["acc"], "clusters": t1["clusters"]})
@@ -178,13 +177,28 @@ def _accuracies(pred, true, seen_mask) -> dict:
     return {"sacc": sacc, "uacc": uacc, "h": harmonic(sacc, uacc)}
 
 
-def _rows(true, seen_mask, result, oracle, paths=None) -> list[dict]:
-    def opt(c):
-        return None if c < 0 else int(c)
+def _rows(true, seen_mask, result, baselines: dict[str, np.ndarray], paths=None) -> list[dict]:
+    """Per test image records; baselines: name -> (T,) cluster per test image, None where not clustered."""
     return [{"path": str(paths[i]) if paths is not None else str(i), "true": str(true[i]),
-             "pred": str(result["pred"][i]), "seen": bool(seen_mask[i]), "cluster": opt(result["cluster"][i]),
-             "oracle": None if seen_mask[i] else opt(oracle[i]),
+             "pred": str(result["pred"][i]), "seen": bool(seen_mask[i]), "cluster": result["cluster"][i],
+             **{k: None if v[i] is None else int(v[i]) for k, v in baselines.items()},
              "distance": float(d) if np.isfinite(d := result["distance"][i]) else None} for i in range(len(true))]
+
+
+def baselines(x: np.ndarray, true: np.ndarray, groups: dict[str, np.ndarray], seed: int,
+              silhouette: str) -> dict[str, np.ndarray]:
+    """name -> cluster per row of x (None outside its group): k-means told the true k of each boolean
+    group, and on group `silhouette` also the label-free k-means (k by silhouette) as "kmeans"."""
+    out = {}
+    for name, mask in groups.items():
+        col = np.full(len(x), None, object)
+        col[mask] = oracle_kmeans(x[mask], len(set(true[mask])), seed)
+        out[name] = col
+        if name == silhouette:
+            col = np.full(len(x), None, object)
+            col[mask] = kmeans_silhouette(x[mask], seed)
+            out["kmeans"] = col
+    return out
 
 
 def parse_args(argv):
@@ -201,9 +215,12 @@ def parse_args(argv):
     p.add_argument("--input-size", type=int, help="embedder input size in pixels")
     p.add_argument("--alpha", type=float)
     p.add_argument("--set-size", type=int, help="classes per embedding set")
-    for flag in ("k", "min-similarity", "dedup-similarity", "min-size", "anchors"):
-        p.add_argument(f"--{flag}", type=int if flag in ("k", "min-size", "anchors") else float,
-                       help=f"cluster.{flag.replace('-', '_')}")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config setting, e.g. --set cluster.min_tracks=2 (repeatable)")
+    p.add_argument("--stream", action="store_true", help="replay the test images as a stream of tracked objects")
+    p.add_argument("--every", type=int, default=150, help="--stream: cluster after every N tracks shown")
+    p.add_argument("--linger", type=float, default=0.075, help="--stream: share of objects shown on 3-20 broken tracks")
+    p.add_argument("--view-cache", help="--stream: cache of view embeddings (default: beside --cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit-per-class", type=int, default=0, help="first N images (sorted) of each class")
     p.add_argument("--json", required=True, help="metrics file to write")
@@ -225,14 +242,14 @@ def main(argv: list[str] | None = None, embedder=None) -> int:
 
 def evaluate(args, embedder=None) -> int:
     started = time.monotonic()
-    settings = load(args.config or None)
+    settings = load(args.config or None, dict(_override(o) for o in args.set))
     alpha = settings.gate.alpha if args.alpha is None else args.alpha
     set_size = settings.gate.set_size if args.set_size is None else args.set_size
     if not 0.0 <= alpha <= 1.0 or set_size < 1:
         raise EvalError(f"--alpha must lie in [0, 1] and --set-size be >= 1, got {alpha} and {set_size}")
-    overrides = {f: getattr(args, f) for f in ("k", "min_similarity", "dedup_similarity", "min_size", "anchors")
-                 if getattr(args, f) is not None}
-    cluster = dataclasses.replace(settings.cluster, **overrides)
+    if args.every < 1 or not 0.0 <= args.linger <= 1.0:
+        raise EvalError(f"--every must be >= 1 and --linger lie in [0, 1], got {args.every} and {args.linger}")
+    rules = DiscoveryRules.from_settings(settings.cluster)
     name = args.embedder or settings.embed.model
     options = dict(settings.embed.options if name == settings.embed.model else {})
     if args.input_size:
@@ -248,23 +265,35 @@ def evaluate(args, embedder=None) -> int:
     cache = Path(args.cache) if args.cache else Path(args.json).parent / f"embeddings-{tag}.npz"
     make = (lambda: embedder) if embedder is not None else (
         lambda: EMBEDDERS.create(name, weights=weights, device=settings.embed.device, **options))
-    x = normalize(embed_cached(paths, make, cache))
+    keys = [str(p.resolve()) for p in paths]
+    x = normalize(embed_cached(keys, lambda i: _read(paths[i]), make, cache))
     embedded = time.monotonic()
 
-    result = run(x, labels, memory, seen, alpha, set_size, cluster)
-    true, test_paths = labels[~memory], [paths[i] for i in np.flatnonzero(~memory)]
+    test = np.flatnonzero(~memory)
+    true, test_paths = labels[test], [str(paths[i]) for i in test]
     test_seen = np.isin(true, seen)
-    unseen_classes = [c for c in classes if c not in seen]
-    oracle = np.full(len(true), -1, np.int64)
-    oracle[~test_seen] = oracle_kmeans(x[~memory][~test_seen], len(unseen_classes), args.seed)
-    rows = _rows(true, test_seen, result, oracle, test_paths)
     metrics = {"embedder": name, "weights": weights, "options": options, "alpha": alpha, "set_size": set_size,
-               "cluster": dataclasses.asdict(cluster), "seed": args.seed, "data": str(args.data),
-               "seen_classes": seen, "unseen_classes": unseen_classes, "memory_fraction": args.memory_fraction,
-               "n_memory": int(memory.sum()), "n_test": len(rows), "discovered": len(result["new"]),
-               "grown_seen": result["grown"], **from_rows(rows, seen)}
-    if args.plots:
-        metrics["sweeps"] = sweeps(x, labels, memory, seen, alpha, set_size, cluster)
+               "cluster": dataclasses.asdict(settings.cluster), "seed": args.seed,
+               "data": str(args.data),
+               "seen_classes": seen, "unseen_classes": [c for c in classes if c not in seen],
+               "memory_fraction": args.memory_fraction, "n_memory": int(memory.sum()), "n_test": len(test)}
+    if args.stream:
+        from eval_stream import stream
+        views = Path(args.view_cache) if args.view_cache else cache.parent / f"views-{tag}.npz"
+        gate = build_gate(x, labels, memory, seen, alpha, set_size)
+        rows, found = stream(x, test, true, seen, gate, rules, settings, alpha, args.seed, args.every, args.linger,
+                             lambda i: _read(paths[i]), keys, lambda k, load: embed_cached(k, load, make, views))
+        for r, p in zip(rows, test_paths):
+            r["path"] = p
+        metrics.update(found)
+    else:
+        result = run(x, labels, memory, seen, alpha, set_size, rules)
+        flagged = ~test_seen & (result["pred"] == UNKNOWN)
+        groups = {"oracle": flagged, "oracle_all": ~test_seen}
+        rows = _rows(true, test_seen, result, baselines(x[test], true, groups, args.seed, "oracle"), test_paths)
+        metrics.update({"discovered": len(result["new"]), "grown_seen": result["grown"], **from_rows(rows, seen)})
+    if args.plots and not args.stream:
+        metrics["sweeps"] = sweeps(x, labels, memory, seen, alpha, set_size, rules)
         title = f"{name} {options['input_size']}px" if "input_size" in options else name
         plot(metrics["sweeps"], Path(args.plots), title)
     metrics["seconds"] = {"embed": round(embedded - started, 2), "total": round(time.monotonic() - started, 2)}
@@ -272,12 +301,28 @@ def evaluate(args, embedder=None) -> int:
     Path(args.predictions).write_text("".join(json.dumps(r) + "\n" for r in rows))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(metrics, indent=1) + "\n")
-    t1, t2 = metrics["task1"], metrics["task2"]
-    print(f"{name} alpha={alpha}: Sacc {t2['sacc']:.3f} Uacc {t2['uacc']:.3f} H {t2['h']:.3f} "
-          f"P/R {t2['precision_macro']:.3f}/{t2['recall_macro']:.3f} | NMI/ACC/ARI ours "
-          f"{t1['nmi']:.3f}/{t1['acc']:.3f}/{t1['ari']:.3f} oracle {t1['nmi_oracle']:.3f}/{t1['acc_oracle']:.3f}/"
-          f"{t1['ari_oracle']:.3f} ({t1['clusters']} clusters, coverage {t1['coverage']:.2f})")
+    print(summary(name, alpha, metrics))
     return 0
+
+
+def _override(text: str) -> tuple[str, object]:
+    key, eq, value = text.partition("=")
+    if not eq or "." not in key:
+        raise EvalError(f"--set takes SECTION.KEY=VALUE (e.g. cluster.min_tracks=2), got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def summary(name: str, alpha: float, m: dict) -> str:
+    t1, t2 = m["task1"], m["task2"]
+    line = (f"{name} alpha={alpha}: Sacc {t2['sacc']:.3f} Uacc {t2['uacc']:.3f} H {t2['h']:.3f} | NMI/ACC/ARI ours "
+            f"{t1['nmi']:.3f}/{t1['acc']:.3f}/{t1['ari']:.3f} oracle {t1['nmi_oracle']:.3f}/{t1['acc_oracle']:.3f}/"
+            f"{t1['ari_oracle']:.3f} k-means(silhouette, k={t1['k_kmeans_silhouette']}) "
+            f"{t1['nmi_kmeans_silhouette']:.3f}/{t1['acc_kmeans_silhouette']:.3f}/{t1['ari_kmeans_silhouette']:.3f}"
+            f" | {t1['clusters']} clusters, coverage {t1['coverage']:.2f}, n {t1['n']}")
+    if "classes_made" in m:
+        line += (f" | classes made {m['classes_made']} for {m['classes_real']} unseen, single-object "
+                 f"{m['single_object_classes']} ({m['lingering']} lingering objects)")
+    return line
 
 
 def plot(s: dict, folder: Path, name: str) -> None:
