@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from models.registry import ModelError
+from models.registry import EMBEDDING_DIMS, ModelError
+from models.sddc import load_gate
 from stages import classes
 from stages.classes import control_endpoint
 from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
@@ -86,16 +87,38 @@ def check(settings: Settings) -> None:
         raise ConfigError("no source: pass --source VIDEO|FOLDER|CAMERA_INDEX|URL")
     if not is_live(source) and not Path(source).exists():
         raise ConfigError(f"source {source!r} does not exist")
+    if settings.capture.mode == "live" and not is_live(source):
+        raise ConfigError(f"capture.mode: live needs a camera index or a URL; {source!r} is a file (use file or auto)")
     for key, path in (("detect.weights", settings.detect.weights), ("embed.weights", settings.embed.weights)):
         if path and path != "random" and not Path(path).exists():  # "random": untrained weights (benchmarks)
             raise ConfigError(f"{key}: weights file {path} does not exist")
     # Model names are checked by the model stages themselves, so this process never imports torch.
+    _check_memory(settings)
+    keys = settings.transport.keys
+    if keys and not Path(keys).is_dir():
+        raise ConfigError(f"transport.keys: {keys} is not a folder (make it with `run_pipeline.py keys --out {keys}`)")
     for path in (settings.sink.events, settings.sink.save, settings.gate.memory):
         if path:
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise ConfigError(f"cannot create the folder for {path}: {exc.strerror}") from None
+
+
+def _check_memory(settings: Settings) -> None:
+    """A class memory file that the stages could not use (unreadable, or of another embedding width
+    than the embedder's, which would fail mid-run) is refused now."""
+    path = settings.gate.memory
+    if not path or not Path(path).exists():
+        return
+    try:
+        gate = load_gate(path)
+    except ValueError as exc:
+        raise ConfigError(f"gate.memory: {exc}") from None
+    dim, model = EMBEDDING_DIMS.get(settings.embed.model), settings.embed.model
+    if len(gate) and dim is not None and gate.centroids.shape[1] != dim:
+        raise ConfigError(f"gate.memory: {path} holds {gate.centroids.shape[1]}-d classes but embedder {model!r} "
+                          f"makes {dim}-d embeddings (use the embedder the memory was made with, or another file)")
 
 
 def with_endpoints(settings: Settings, run_dir: str) -> Settings:
@@ -188,6 +211,9 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["keys"]:
+        from stages import keys
+        return keys.main(argv[1:])
     if argv[:1] == ["classes"]:
         defaults = load(DEFAULT_CONFIG)
         return classes.main(argv[1:], defaults.gate.alpha, defaults.cluster.max_members)

@@ -56,3 +56,7 @@ class Registry:
 
 DETECTORS = Registry("detector", ("models.ssd_mobilenet", "models.diffusiondet"))
 EMBEDDERS = Registry("embedder", ("models.efficientnet_lite", "models.student"))
+# Width of each embedder's output, known without building it (or importing torch): the supervisor refuses a
+# class memory of another width before any stage starts. tests/test_config.py checks it against the models.
+EMBEDDING_DIMS = {"efficientnet_lite0": 1280, "dino_vits16": 384, "dino_vits8": 384, "dino_vitb16": 768,
+                  "dino_vitb8": 768, "test_vit": 32}

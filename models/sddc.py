@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,16 @@ import numpy as np
 
 UNSEEN = "unseen"
 MEMORY_FORMAT = 1
+# Class names become folder names and travel in events and commands: ASCII letters, digits, '-', '_'.
+CLASS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_name(name: str) -> str:
+    """name, if it may name a class; ValueError saying what a name may be otherwise."""
+    if not isinstance(name, str) or not CLASS_NAME.fullmatch(name) or name == UNSEEN:
+        raise ValueError(f"class name {name!r} is not allowed: use 1 to 64 ASCII letters, digits, '-' or '_' "
+                         f"(and not {UNSEEN!r})")
+    return name
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -41,6 +52,13 @@ class Gate:
     set_size: int = 7
     # Per class, a bounded sample of member embeddings (M_i, D) so a class can grow; empty when unknown.
     members: list[np.ndarray] = field(default_factory=list)
+    # Per class: True when discovery made it (it may grow and merge), False for seen classes given by a
+    # person or a labeled memory (discovery never grows them from unseen rows).
+    discovered: list[bool] = field(default_factory=list)
+
+    def __post_init__(self):
+        if len(self.discovered) < len(self.names):  # classes of an older memory file: novel-N were discovered
+            self.discovered = self.discovered + [n.startswith("novel-") for n in self.names[len(self.discovered):]]
 
     @classmethod
     def empty(cls, dim: int = 0, set_size: int = 7) -> "Gate":
@@ -56,10 +74,10 @@ class Gate:
         last = int(self.set_ids.max())
         return last if np.count_nonzero(self.set_ids == last) < self.set_size else last + 1
 
-    def add_members(self, name: str, members: np.ndarray, alpha: float) -> None:
+    def add_members(self, name: str, members: np.ndarray, alpha: float, discovered: bool = False) -> None:
         """A new class from its member embeddings (M, D), normalized."""
         centroid, radius = centroid_and_radius(members, alpha)
-        self.add(name, centroid, radius, len(members))
+        self.add(name, centroid, radius, len(members), discovered)
         self.members[-1] = members.astype(np.float32)
 
     def grow(self, i: int, members: np.ndarray, alpha: float, keep: int) -> None:
@@ -70,7 +88,8 @@ class Gate:
         self.sizes[i] += len(members)
         self.members[i] = pool.astype(np.float32)
 
-    def add(self, name: str, centroid: np.ndarray, radius: float, size: int) -> None:
+    def add(self, name: str, centroid: np.ndarray, radius: float, size: int, discovered: bool = False) -> None:
+        check_name(name)
         if name in self.names:
             raise ValueError(f"class {name!r} exists already")
         if len(self) and centroid.shape != self.centroids.shape[1:]:
@@ -82,8 +101,10 @@ class Gate:
         self.sizes = np.append(self.sizes, size).astype(np.int64)
         self.set_ids = np.append(self.set_ids, set_id).astype(np.int64)
         self.members.append(np.zeros((0, centroid.shape[0]), np.float32))
+        self.discovered.append(bool(discovered))
 
     def rename(self, old: str, new: str) -> None:
+        check_name(new)
         if new in self.names:
             raise ValueError(f"class {new!r} exists already")
         self.names[self._index(old)] = new
@@ -91,7 +112,7 @@ class Gate:
     def remove(self, name: str) -> None:
         i = self._index(name)
         keep = np.arange(len(self)) != i
-        del self.names[i], self.members[i]
+        del self.names[i], self.members[i], self.discovered[i]
         self.centroids, self.radii = self.centroids[keep], self.radii[keep]
         self.sizes, self.set_ids = self.sizes[keep], self.set_ids[keep]
 
@@ -185,13 +206,16 @@ def save_gate(gate: Gate, path: str | Path) -> None:
     """Writes the class memory as .npz (no pickle) via a temp file and rename, so a crash never
     leaves a half-written file behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    # Owner-only from the first byte (the classes describe what the camera saw); no following a planted link.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode through O_TRUNC
+    with os.fdopen(fd, "wb") as f:
         members = {f"members_{i}": m.astype(np.float16) for i, m in enumerate(gate.members)}
         np.savez(f, format=np.int64(MEMORY_FORMAT), names=np.array(gate.names, dtype=np.str_),
                  centroids=gate.centroids, radii=gate.radii, sizes=gate.sizes, set_ids=gate.set_ids,
-                 set_size=np.int64(gate.set_size), **members)
+                 set_size=np.int64(gate.set_size), discovered=np.array(gate.discovered, bool), **members)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -206,11 +230,20 @@ def load_gate(path: str | Path) -> Gate:
             gate = Gate([str(n) for n in z["names"]], z["centroids"].astype(np.float32),
                         z["radii"].astype(np.float32), z["sizes"].astype(np.int64),
                         z["set_ids"].astype(np.int64), int(z["set_size"]))
+            if "discovered" in z.files:
+                gate.discovered = [bool(v) for v in z["discovered"]]
             gate.members = [z[f"members_{i}"].astype(np.float32) if f"members_{i}" in z.files
                             else np.zeros((0, gate.centroids.shape[1]), np.float32) for i in range(len(gate.names))]
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"class memory {path} is not readable: {exc}") from None
+    for name in gate.names:
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise ValueError(f"class memory {path}: {exc}") from None
+    if len(set(gate.names)) != len(gate.names):
+        raise ValueError(f"class memory {path} names a class twice")
     k = len(gate.names)
-    if gate.centroids.shape[0] != k or any(len(a) != k for a in (gate.radii, gate.sizes, gate.set_ids)):
+    if gate.centroids.shape[0] != k or any(len(a) != k for a in (gate.radii, gate.sizes, gate.set_ids, gate.discovered)):
         raise ValueError(f"class memory {path} is inconsistent: {k} names but other columns disagree")
     return gate

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import zmq
 
-from models.sddc import Gate, load_gate, save_gate
-from stages.config import memory_crops
+from models.sddc import Gate, check_name, load_gate, save_gate
+from stages.config import ConfigError, Settings, TransportSettings, memory_crops
+from stages.crops import delete_crops, move_crops
+from stages.keys import socket_curve
+from stream.security import Curve
+from stream.sockets import open_socket
 
 COMMANDS = {"list": 0, "rename": 2, "merge": 2, "delete": 1}  # command -> number of class names it takes
 CONTROL_VERSION = 1
@@ -34,30 +37,19 @@ def execute(gate: Gate, cmd: str, args: list[str], alpha: float, keep: int, crop
                          if cmd in COMMANDS else f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}")
     if cmd == "list":
         return {"classes": describe(gate)}
+    for name in args:  # names come from a command line or a socket: check them before anything uses them
+        check_name(name)
     if cmd == "rename":
         gate.rename(args[0], args[1])
-        _move_examples(crops_dir, args[0], args[1])
+        move_crops(crops_dir, args[0], args[1])
         return {"type": "class_renamed", "class": args[1], "old": args[0]}
     if cmd == "merge":
         gate.merge(args[0], args[1], alpha, keep)
-        _move_examples(crops_dir, args[0], args[1])
+        move_crops(crops_dir, args[0], args[1])
         return {"type": "class_merged", "class": args[1], "merged": args[0], "size": int(gate.sizes[gate.names.index(args[1])])}
     gate.remove(args[0])
-    if crops_dir is not None:
-        shutil.rmtree(crops_dir / args[0], ignore_errors=True)
+    delete_crops(crops_dir, args[0])
     return {"type": "class_deleted", "class": args[0]}
-
-
-def _move_examples(crops_dir: Path | None, old: str, new: str) -> None:
-    """old's example crops join new's folder (renamed so none is overwritten)."""
-    src = crops_dir / old if crops_dir is not None else None
-    if src is None or not src.is_dir():
-        return
-    dst = crops_dir / new
-    dst.mkdir(parents=True, exist_ok=True)
-    for i, png in enumerate(sorted(src.glob("*.png"))):
-        png.rename(dst / f"{old}-{i:03d}.png")
-    shutil.rmtree(src, ignore_errors=True)
 
 
 def handle(request: bytes, gate: Gate, alpha: float, keep: int, crops_dir: Path | None) -> tuple[dict, dict | None]:
@@ -66,21 +58,23 @@ def handle(request: bytes, gate: Gate, alpha: float, keep: int, crops_dir: Path 
         msg = json.loads(request)
         if not isinstance(msg, dict) or msg.get("v") != CONTROL_VERSION:
             raise ValueError(f"control protocol version must be {CONTROL_VERSION}")
-        result = execute(gate, str(msg.get("cmd")), [str(a) for a in msg.get("args", [])], alpha, keep, crops_dir)
-    except (ValueError, TypeError) as exc:
+        args = msg.get("args", [])
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise ValueError("args must be a list of class names")
+        result = execute(gate, str(msg.get("cmd")), args, alpha, keep, crops_dir)
+    except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
         return {"ok": False, "error": str(exc)}, None
     if "classes" in result:
         return {"ok": True, **result}, None
     return {"ok": True, "event": result, "classes": describe(gate)}, result
 
 
-def request(endpoint: str, cmd: str, args: list[str], timeout_ms: int = 3000) -> dict | None:
+def request(endpoint: str, cmd: str, args: list[str], timeout_ms: int = 3000,
+            curve: Curve | None = None) -> dict | None:
     """Sends one command to a running pipeline; None when nothing answers (no pipeline running)."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = open_socket(ctx, zmq.REQ, endpoint, bind=False, linger_ms=0, curve=curve)
     try:
-        sock.connect(endpoint)
         sock.send(json.dumps({"v": CONTROL_VERSION, "cmd": cmd, "args": args}).encode())
         return json.loads(sock.recv()) if sock.poll(timeout_ms) else None
     finally:
@@ -94,10 +88,22 @@ def main(argv: list[str], alpha: float = 0.75, keep: int = 256) -> int:
     p.add_argument("names", nargs="*")
     p.add_argument("--memory", required=True, help="class memory file (the pipeline's --memory)")
     p.add_argument("--control", help="control endpoint of a running pipeline (default: ipc://MEMORY.ctl)")
+    p.add_argument("--keys", help="the pipeline's transport.keys folder, for a tcp:// control endpoint")
+    p.add_argument("--insecure-tcp", action="store_true", help="a tcp:// control endpoint without keys")
     args = p.parse_args(argv)
     endpoint = args.control or control_endpoint(args.memory)
-    live = Path(endpoint[len("ipc://"):]).exists() if endpoint.startswith("ipc://") else True
-    reply = request(endpoint, args.cmd, args.names) if live else None
+    try:
+        transport = TransportSettings(endpoints={"control": endpoint}, keys=args.keys, insecure_tcp=args.insecure_tcp)
+        curve = socket_curve(Settings(transport=transport), "classes", "control", bind=False)
+        live = Path(endpoint[len("ipc://"):]).exists() if endpoint.startswith("ipc://") else True
+        reply = request(endpoint, args.cmd, args.names, curve=curve) if live else None
+    except (ConfigError, OSError) as exc:
+        print(f"owd classes: {exc}", file=sys.stderr)
+        return 2
+    if reply is None and not endpoint.startswith("ipc://"):  # a pipeline elsewhere would overwrite a local edit
+        print(f"owd classes: no answer from {endpoint} (is the pipeline running, are --keys its transport.keys?)",
+              file=sys.stderr)
+        return 2
     if reply is None:  # no running pipeline: edit the file
         if not Path(args.memory).exists():
             print(f"owd classes: no class memory at {args.memory}", file=sys.stderr)

@@ -16,12 +16,26 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
+# Ranges of numeric settings, checked at load: field(default=..., metadata=between(0, 1)).
+def at_least(low: float) -> dict:
+    return {"range": (low, None)}
+
+
+def between(low: float, high: float) -> dict:
+    return {"range": (low, high)}
+
+
+def above(low: float) -> dict:
+    """Strictly greater than low (timeouts, periods)."""
+    return {"above": low}
+
+
 @dataclass(frozen=True)
 class CaptureSettings:
     source: str = ""
     mode: Literal["auto", "file", "live"] = "auto"  # auto: files and folders are file mode, cameras/URLs live
-    max_frames: int = 0          # stop after this many frames; 0 = whole source
-    reconnect_s: float = 10.0    # a live source silent this long ends the stream
+    max_frames: int = field(default=0, metadata=at_least(0))  # stop after this many frames; 0 = whole source
+    reconnect_s: float = field(default=10.0, metadata=above(0))  # a live source silent this long ends the stream
 
 
 @dataclass(frozen=True)
@@ -29,11 +43,11 @@ class DetectSettings:
     model: str = "ssd_mobilenet_v2"
     weights: str | None = None   # None = the model's packaged or cached weights
     device: str = "cpu"
-    batch_size: int = 4          # frames per detector call
-    batch_timeout_ms: int = 20   # wait at most this long to fill a batch
-    score_threshold: float = 0.4
-    min_box: int = 12            # boxes narrower or shorter than this (pixels) are dropped
-    threads: int = 1
+    batch_size: int = field(default=4, metadata=at_least(1))         # frames per detector call
+    batch_timeout_ms: int = field(default=20, metadata=at_least(0))  # wait at most this long to fill a batch
+    score_threshold: float = field(default=0.4, metadata=between(0, 1))
+    min_box: int = field(default=12, metadata=at_least(0))  # boxes narrower or shorter than this (pixels) are dropped
+    threads: int = field(default=1, metadata=at_least(0))   # 0 = the libraries' default
     options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
 
 
@@ -42,38 +56,46 @@ class EmbedSettings:
     model: str = "efficientnet_lite0"
     weights: str | None = None
     device: str = "cpu"
-    batch_frames: int = 4        # frames whose crops are embedded in one call
-    batch_timeout_ms: int = 20
-    threads: int = 1
+    batch_frames: int = field(default=4, metadata=at_least(1))  # frames whose crops are embedded in one call
+    batch_timeout_ms: int = field(default=20, metadata=at_least(0))
+    threads: int = field(default=1, metadata=at_least(0))
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class GateSettings:
-    alpha: float = 0.75          # class radius = alpha-quantile of member distances (SKZC)
-    set_size: int = 7            # classes per embedding set (SKZC)
+    alpha: float = field(default=0.75, metadata=between(0, 1))  # radius = alpha-quantile of member distances (SKZC)
+    set_size: int = field(default=7, metadata=at_least(1))      # classes per embedding set (SKZC)
     memory: str | None = None    # class memory file loaded at start
     track: bool = True           # track boxes (ByteTrack) and vote labels per track
-    vote_window: int = 15        # decisions per track the vote looks at
-    vote_min: int = 3            # ... needs at least this many
-    vote_share: float = 0.6      # ... and this share for the majority label
-    thumb: int = 64              # side of the example crops sent to the cluster stage (px)
+    vote_window: int = field(default=15, metadata=at_least(1))  # decisions per track the vote looks at
+    vote_min: int = field(default=3, metadata=at_least(1))      # ... needs at least this many
+    vote_share: float = field(default=0.6, metadata=between(0, 1))  # ... and this share for the majority label
+    thumb: int = field(default=64, metadata=between(1, 1024))  # side (px) of example crops sent to clustering
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    buffer_size: int = 2000      # unseen embeddings kept; the oldest go first
-    period_s: float = 2.0        # cluster at most this often
-    min_new: int = 16            # ... and only after this many new unseen embeddings
-    k: int = 10                  # neighbours in the kNN graph
-    min_similarity: float = 0.6  # cosine similarity for a kNN edge
-    dedup_similarity: float = 0.95  # near-identical embeddings count once
-    min_size: int = 6            # members (after de-duplication) for a new class
-    anchors: int = 8             # members per known class clustered with the buffer (a group they reach grows it)
-    max_members: int = 256       # member embeddings kept per class to recompute centroid and radius
-    per_track: int = 3           # representative views kept per track in the buffer
-    min_tracks: int = 3          # a new class needs members from this many tracks (untracked rows count 1 each)
-    examples: int = 8            # example crops saved per class, for a person to name it
+    """No knob here is a distance or a similarity: ranks, counts, shares and a resolution, so one default
+    serves every embedder and domain (models/discovery.py)."""
+    buffer_size: int = field(default=2000, metadata=at_least(1))  # unseen embeddings kept; the oldest go first
+    period_s: float = field(default=2.0, metadata=at_least(0))    # cluster at most this often
+    min_new: int = field(default=16, metadata=at_least(1))        # ... and only after this many new unseen rows
+    k: int = field(default=15, metadata=at_least(1))              # neighbours per row in the kNN graph
+    resolution: float = field(default=0.4, metadata=above(0))     # Leiden modularity resolution: <= 0.5 never
+    #                                                               splits one Gaussian blob, 1.0 shatters it
+    min_size: int = field(default=6, metadata=at_least(2))        # rows a new class needs
+    min_tracks: int = field(default=3, metadata=at_least(1))      # ... from this many tracks (untracked rows count one each)
+    min_objects: int = field(default=2, metadata=at_least(1))     # ... showing this many distinct objects
+    #                                                               (re-tracked look-alikes count once)
+    per_track: int = field(default=3, metadata=at_least(0))       # views kept per track, and rows per object in the graph
+    anchors: int = field(default=32, metadata=at_least(0))        # newest members per seen class clustered with the buffer
+    hold: float = field(default=0.5, metadata=between(0, 1))      # a group holding more than this share of a
+    #                                                               discovered class's members is that class
+    max_members: int = field(default=256, metadata=at_least(2))   # member embeddings kept per class
+    restarts: int = field(default=3, metadata=at_least(1))        # Leiden runs per round; the best partition wins
+    seed: int = field(default=0, metadata=at_least(0))            # Leiden's and the kNN search's seed
+    examples: int = field(default=8, metadata=at_least(0))        # example crops saved per class, to name it
     crops_dir: str | None = None  # where; None = beside the memory file (<memory>.crops/), or nowhere
 
 
@@ -89,8 +111,10 @@ class SinkSettings:
 class TransportSettings:
     # name -> ipc:// or tcp:// address; None = ipc socket in the run's private temp folder
     endpoints: dict[str, str | None] = field(default_factory=dict)
-    hwm: int = 8                 # messages queued per socket before PUSH blocks (file) or drops (live)
-    shutdown_timeout_s: float = 20.0
+    hwm: int = field(default=8, metadata=at_least(1))  # queued per socket before PUSH blocks (file) or drops (live)
+    shutdown_timeout_s: float = field(default=20.0, metadata=above(0))
+    keys: str | None = None      # folder from `run_pipeline.py keys --out DIR`: CurveZMQ for every tcp endpoint
+    insecure_tcp: bool = False   # allow tcp endpoints without keys: anyone reaching a port can read and inject
 
 
 ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control")
@@ -147,11 +171,29 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Se
                 raise ConfigError(f"config key {dotted!r}: {part!r} is not a section")
         node[leaf] = value
     settings = build(Settings, data, "")
-    unknown = set(settings.transport.endpoints) - set(ENDPOINT_NAMES)
-    if unknown:
-        raise ConfigError(f"config key 'transport.endpoints.{sorted(unknown)[0]}' is unknown; "
-                          f"known: {', '.join(ENDPOINT_NAMES)}")
+    _check_transport(settings.transport)
+    if settings.gate.track and settings.gate.vote_min > settings.gate.vote_window:
+        raise ConfigError(f"config key 'gate.vote_min' ({settings.gate.vote_min}) must not exceed 'gate.vote_window' "
+                          f"({settings.gate.vote_window}): no track could ever be labelled")
+    if settings.transport.keys:  # stages run elsewhere (cwd, host): the folder must not depend on ours
+        settings = dataclasses.replace(settings, transport=dataclasses.replace(
+            settings.transport, keys=str(Path(settings.transport.keys).expanduser().absolute())))
     return settings
+
+
+def _check_transport(t: TransportSettings) -> None:
+    """Endpoints are ipc:// or tcp://; tcp needs CurveZMQ keys unless insecure_tcp says otherwise."""
+    for name, address in t.endpoints.items():
+        where = f"config key 'transport.endpoints.{name}'"
+        if name not in ENDPOINT_NAMES:
+            raise ConfigError(f"{where} is unknown; known: {', '.join(ENDPOINT_NAMES)}")
+        if address is None:
+            continue
+        if not address.startswith(("ipc://", "tcp://")) or address.startswith("ipc://@"):  # @: no file, no permissions
+            raise ConfigError(f"{where} must be ipc://PATH or tcp://HOST:PORT, got {address!r}")
+        if address.startswith("tcp://") and not t.keys and not t.insecure_tcp:
+            raise ConfigError(f"{where} is tcp but 'transport.keys' is unset: make keys with `run_pipeline.py keys "
+                              f"--out DIR` and set transport.keys=DIR (or transport.insecure_tcp=true)")
 
 
 def build(cls, data: Any, prefix: str):
@@ -166,7 +208,23 @@ def build(cls, data: Any, prefix: str):
         if key not in names:
             raise ConfigError(f"config key {where!r} is unknown; known: {', '.join(names)}")
         kwargs[key] = _coerce(hints[key], value, where)
-    return cls(**kwargs)
+    out = cls(**kwargs)
+    for f in dataclasses.fields(cls):
+        _check_range(f, getattr(out, f.name), f"{prefix}{f.name}")
+    return out
+
+
+def _check_range(f: dataclasses.Field, value, where: str) -> None:
+    """A field's metadata range ("range": (low, high), None = open; "above": low) against its value."""
+    if value is None:
+        return
+    if "above" in f.metadata and not value > f.metadata["above"]:  # "not >": NaN fails too
+        raise ConfigError(f"config key {where!r} must be > {f.metadata['above']}, got {value!r}")
+    low, high = f.metadata.get("range", (None, None))
+    if (low is not None and not value >= low) or (high is not None and not value <= high):
+        wanted = f"in [{low}, {high}]" if low is not None and high is not None else \
+            f">= {low}" if low is not None else f"<= {high}"
+        raise ConfigError(f"config key {where!r} must be {wanted}, got {value!r}")
 
 
 def _coerce(hint, value, where: str):

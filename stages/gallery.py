@@ -9,8 +9,9 @@ import numpy as np
 
 from models.detections import Embedder
 from models.registry import EMBEDDERS, ModelError
-from models.sddc import Gate, normalize, save_gate
+from models.sddc import Gate, check_name, normalize, save_gate
 from stages.config import ConfigError, Settings
+from stages.crops import class_folder, private_folder, write_png
 from stages.gate import letterbox, load_memory
 from stream.sources import IMAGE_SUFFIXES
 
@@ -20,7 +21,11 @@ def read_gallery(folder: Path) -> dict[str, list[np.ndarray]]:
     if not folder.is_dir():
         raise ConfigError(f"gallery {folder} is not a folder (expected DIR/<class name>/*.jpg)")
     classes = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            check_name(sub.name)  # it becomes a class name, an event field and a crops folder
+        except ValueError as exc:
+            raise ConfigError(f"gallery {folder}: {exc}") from None
         images = [cv2.imread(str(p)) for p in sorted(sub.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
         images = [im for im in images if im is not None]
         if images:
@@ -53,9 +58,9 @@ def main(settings: Settings, folder: str) -> int:
     save_gate(gate, g.memory)
     crops = settings.crops_dir
     for name in names:
-        (crops / name).mkdir(parents=True, exist_ok=True)
+        folder = private_folder(class_folder(crops, name))
         for i, image in enumerate(classes[name][:settings.cluster.examples]):
-            cv2.imwrite(str(crops / name / f"gallery-{i:03d}.png"), letterbox(image, g.thumb))
+            write_png(folder / f"gallery-{i:03d}.png", letterbox(image, g.thumb))
     print(f"owd: gallery classes {', '.join(names)} -> {g.memory}", file=sys.stderr)
     return 0
 

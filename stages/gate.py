@@ -75,7 +75,7 @@ def run(stage: StageProcess) -> int:
     gate = load_memory(s.memory, s.set_size)
     trackers: dict[str, BoxTracker] = {}  # one per source
     votes = LabelVotes(s.vote_window, s.vote_min, s.vote_share) if s.track else None
-    version = -1
+    dim = gate.centroids.shape[1] if len(gate) else None  # the run's embedding dim: the memory's or the first frame's
     poller = zmq.Poller()
     poller.register(inbox.sock, zmq.POLLIN)
     poller.register(classes.sock, zmq.POLLIN)
@@ -85,11 +85,15 @@ def run(stage: StageProcess) -> int:
         ready = dict(poller.poll(200))
         if classes.sock in ready:  # class updates first, so a new class labels the very next frame
             update = classes.recv(0)
-            if update is not None and update.version > version:
-                gate, version = apply_update(update, s.set_size), update.version
+            # Every valid snapshot applies, in arrival order (one publisher, one ordered stream): a version
+            # test would let a forged huge version, or a restarted cluster counting from 1, stall the gate.
+            if update is not None and len(update) and update.centroids.shape[1] != dim:
+                classes.reject(f"class update of dim {update.centroids.shape[1]}, this run's is {dim}")
+            elif update is not None:
+                gate = apply_update(update, s.set_size)
                 if votes is not None:
                     votes.forget_except(set(gate.names))  # renamed, merged or deleted classes
-                stage.log.info("applied class update %d: %d classes", version, len(gate))
+                stage.log.info("applied class update %d: %d classes", update.version, len(gate))
         if inbox.sock not in ready:
             continue
         msg = inbox.recv(0)
@@ -97,7 +101,10 @@ def run(stage: StageProcess) -> int:
             send(to_cluster, msg)
             send(to_sink, msg)
             break
-        if msg is not None:
+        if msg is not None and dim not in (None, msg.embeddings.shape[1]):
+            inbox.reject(f"embeddings of dim {msg.embeddings.shape[1]}, this run's is {dim}")
+        elif msg is not None:
+            dim = msg.embeddings.shape[1]
             if s.track and msg.source not in trackers:
                 trackers[msg.source] = BoxTracker()
             tracker = trackers.get(msg.source)

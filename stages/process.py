@@ -10,8 +10,10 @@ import sys
 import zmq
 
 from stages.config import Settings
+from stages.keys import socket_curve
 from stream.batching import collect
 from stream.events import event
+from stream.security import Zap
 from stream.sockets import open_socket, send
 
 _PR_SET_PDEATHSIG = 1
@@ -51,6 +53,7 @@ class StageProcess:
         self.ctx = zmq.Context()
         self._sockets: list[zmq.Socket] = []
         self._ipc_files: list[str] = []
+        self._zap: Zap | None = None  # started with the first CURVE server socket
         # Every stage pushes its events to the sink, which binds the other end and writes the log.
         if name == "sink":
             self.events_in = self.socket(zmq.PULL, "events", bind=True, hwm=_EVENTS_HWM)
@@ -61,9 +64,17 @@ class StageProcess:
         self.stop_requested = True
 
     def socket(self, kind: int, endpoint: str, *, bind: bool, hwm: int | None = None) -> zmq.Socket:
+        """The stage's socket on `endpoint`; a tcp one speaks CurveZMQ with this stage's keys."""
         transport = self.settings.transport
         address = transport.endpoints[endpoint]
-        sock = open_socket(self.ctx, kind, address, bind=bind, hwm=transport.hwm if hwm is None else hwm)
+        curve = socket_curve(self.settings, self.name, endpoint, bind)
+        if curve is None and address.startswith("tcp://"):
+            self.log.warning("%s on plain tcp (transport.insecure_tcp): whoever reaches %s can read and inject",
+                             endpoint, address)
+        if curve is not None and curve.is_server and self._zap is None:
+            self._zap = Zap(self.ctx)
+        sock = open_socket(self.ctx, kind, address, bind=bind, hwm=transport.hwm if hwm is None else hwm,
+                           curve=curve, zap=self._zap)
         self._sockets.append(sock)
         if bind and address.startswith("ipc://"):
             self._ipc_files.append(address[len("ipc://"):])  # libzmq leaves them behind
@@ -92,6 +103,8 @@ class StageProcess:
     def close(self) -> None:
         for sock in self._sockets:
             sock.close()
+        if self._zap is not None:
+            self._zap.close()  # its socket must go before the context can end
         self.ctx.term()
         for path in self._ipc_files:
             try:

@@ -80,7 +80,8 @@ class Hud:
         elif rec["type"] == "class_discovered":
             self.classes += 1
         elif rec["type"] == "stage_started" and rec.get("stage") == "capture":
-            self.source_fps = float(rec.get("fps") or 0.0)
+            fps = rec.get("fps")  # from the wire: any JSON value
+            self.source_fps = float(fps) if isinstance(fps, (int, float)) and 0 < fps <= 1000 else 0.0
 
     def on_frame(self, now: float) -> None:
         self.recent.append(now)  # frames arrive in batches: a rate over a window, not per interval

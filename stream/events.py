@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
-from stream.messages import Event
+from stream.messages import Event, json_safe
 
 SCHEMA_PATH = Path(__file__).with_name("events.schema.json")
 
 
 def event(type_: str, **fields) -> Event:
     return Event({"type": type_, "ts": time.time(), **fields})
-
-
-def _finite(value):
-    """JSON has no inf/nan: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class EventLog:
@@ -34,8 +26,8 @@ class EventLog:
 
     def write(self, record: dict) -> None:
         if self.file is not None:
-            clean = {k: _finite(v) for k, v in record.items()}
-            self.file.write(json.dumps(clean, separators=(",", ":"), allow_nan=False) + "\n")
+            # JSON has no NaN or inf, at any depth: they become null.
+            self.file.write(json.dumps(json_safe(record), separators=(",", ":"), allow_nan=False) + "\n")
             self.written += 1
 
     def close(self) -> None:

@@ -2,14 +2,98 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+# Contents are checked on construction, so a message that decodes is one its consumer can use.
+SOURCE_MAX = 4096      # characters of a source name (a path or a URL)
+LABEL_MAX = 256        # characters of a class name, detector label or end-of-stream reason
+SIDE_MAX = 1 << 15     # pixels per image side
+COORD_MAX = 1 << 20    # |box coordinate| in pixels: far outside any image, still a small int for drawing
+VERSION_MAX = 1 << 53  # class update versions: exact in a JSON number (a double)
+DEPTH_MAX = 16         # nesting of an event record
+FINITE = sys.float_info.max  # [-FINITE, FINITE]: no NaN, no inf
 
-def _strings(values) -> tuple[str, ...]:
-    return tuple(str(v) for v in values)
+
+def _int(owner, name: str, value, low: int = 0, high: int = 1 << 63) -> None:
+    if type(value) is not int or not low <= value < high:  # bool is an int; it is not a count
+        raise ValueError(f"{type(owner).__name__}.{name} must be an integer in [{low}, {high}), got {repr(value)[:40]}")
+
+
+def _utf8(value) -> bool:
+    """A string that can be written out: JSON's "\\ud800" escape decodes to a lone surrogate, which cannot."""
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(owner, name: str, value, limit: int) -> None:
+    if not isinstance(value, str) or len(value) > limit or not _utf8(value):
+        raise ValueError(f"{type(owner).__name__}.{name} must be a string of at most {limit} characters")
+
+
+def _strings(owner, name: str, limit: int = LABEL_MAX) -> None:
+    """A tuple-of-strings field; JSON brings it as a list."""
+    value = getattr(owner, name)
+    try:
+        joined = "".join(value) if isinstance(value, (list, tuple)) else None  # TypeError unless all are strings
+    except TypeError:
+        joined = None
+    if joined is None or not _utf8(joined) or value and max(map(len, value)) > limit:
+        raise ValueError(f"{type(owner).__name__}.{name} must be a list of strings of at most {limit} characters")
+    object.__setattr__(owner, name, tuple(value))
+
+
+def _array(owner, name: str, kinds: str, shape: tuple, low: float | None = None, high: float = math.inf) -> np.ndarray:
+    """The field as an array of a dtype kind in `kinds` ('f' float, 'i' int, 'b' bool, 'u' uint) whose
+    shape matches `shape` (None = any size); with `low`, every value lies in [low, high] (NaN never does)."""
+    value = getattr(owner, name)
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in kinds or not _fits(value.shape, shape):
+        got = f"{value.dtype}{list(value.shape)}" if isinstance(value, np.ndarray) else type(value).__name__
+        raise ValueError(f"{type(owner).__name__}.{name} must be {kinds!r}-kind {list(shape)}, got {got}")
+    # min and max as Python numbers (a float32 compared with 1e308 would see inf); NaN fails both tests
+    if low is not None and value.size and not (low <= np.minimum.reduce(value, None).item() and (
+            high == math.inf or np.maximum.reduce(value, None).item() <= high)):
+        wanted = "finite" if (low, high) == (-FINITE, FINITE) else f"in [{low}, {high}] and not NaN"
+        raise ValueError(f"{type(owner).__name__}.{name} must be {wanted}")
+    return value
+
+
+def _fits(shape: tuple, pattern: tuple) -> bool:
+    if len(shape) != len(pattern):
+        return False
+    for size, want in zip(shape, pattern):
+        if want is not None and size != want:
+            return False
+    return True
+
+
+def _time(value) -> bool:
+    """A time stamp: a finite float, or an int a float holds exactly (JSON may bring 5 for 5.0)."""
+    return isinstance(value, float) and math.isfinite(value) or type(value) is int and abs(value) <= VERSION_MAX
+
+
+def json_safe(value, depth: int = 0):
+    """A JSON-able copy of an event value with NaN and inf as None (JSON has neither)."""
+    if depth > DEPTH_MAX:
+        raise ValueError(f"an event record nests deeper than {DEPTH_MAX}")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise ValueError("event record keys must be strings")
+        return {k: json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -21,8 +105,21 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8, BGR
 
     def __post_init__(self):
-        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
-            raise ValueError(f"image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}")
+        _text(self, "source", self.source, SOURCE_MAX)
+        _int(self, "index", self.index)
+        if not _time(self.ts):
+            raise ValueError(f"{type(self).__name__}.ts must be a finite number, got {repr(self.ts)[:40]}")
+        image = _array(self, "image", "u", (None, None, 3))
+        if image.dtype.itemsize != 1 or not (1 <= image.shape[0] <= SIDE_MAX and 1 <= image.shape[1] <= SIDE_MAX):
+            raise ValueError(f"image must be (H, W, 3) uint8 with 1 <= H, W <= {SIDE_MAX}, "
+                             f"got {image.shape} {image.dtype}")
+
+
+# Per-box columns: (dtype kinds, trailing shape, lowest and highest value). String columns are tuples of labels.
+_COLUMNS = {"xyxy": ("f", (4,), -COORD_MAX, COORD_MAX), "scores": ("f", (), -FINITE, FINITE),
+            "embeddings": ("f", (None,), -FINITE, FINITE), "seen": ("b", (), None, None),
+            "distance": ("f", (), 0.0, math.inf),  # inf: no class to be near
+            "track": ("i", (), -1, math.inf)}      # -1: no track
 
 
 @dataclass(frozen=True)
@@ -32,13 +129,19 @@ class _Boxes(Frame):
 
     def __post_init__(self):
         super().__post_init__()
-        n = len(getattr(self, self.columns[0]))
+        n = None
         for name in self.columns:
-            value = getattr(self, name)
-            if isinstance(value, list):  # tuples of strings travel as JSON lists
-                object.__setattr__(self, name, _strings(value))
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"{type(self).__name__}.{name} has {len(value)} rows, expected {n}")
+            if name in _COLUMNS:
+                kinds, trailing, low, high = _COLUMNS[name]
+                rows = len(_array(self, name, kinds, (None,) + trailing, low, high))
+            else:
+                _strings(self, name)
+                rows = len(getattr(self, name))
+            n = rows if n is None else n
+            if rows != n:
+                raise ValueError(f"{type(self).__name__}.{name} has {rows} rows, expected {n}")
+        if "embeddings" in self.columns and self.embeddings.shape[1] < 1:
+            raise ValueError(f"{type(self).__name__}.embeddings needs a dimension of at least 1")
 
     def __len__(self) -> int:
         return len(getattr(self, self.columns[0]))
@@ -92,11 +195,16 @@ class UnseenBatch:
     thumbs: np.ndarray | None = None  # (N, T, T, 3) uint8 BGR crops, letterboxed, for class examples
 
     def __post_init__(self):
-        n = len(self.embeddings)
-        if self.embeddings.ndim != 2 or self.track.shape != (n,):
-            raise ValueError(f"embeddings {self.embeddings.shape} and track {self.track.shape} disagree")
-        if self.thumbs is not None and (self.thumbs.ndim != 4 or len(self.thumbs) != n):
-            raise ValueError(f"thumbs {self.thumbs.shape} do not match {n} embeddings")
+        _text(self, "source", self.source, SOURCE_MAX)
+        _int(self, "index", self.index)
+        n, d = _array(self, "embeddings", "f", (None, None), -FINITE, FINITE).shape
+        _array(self, "track", "i", (n,), -1)
+        if d < 1:
+            raise ValueError("UnseenBatch needs embeddings (N, D) with D >= 1")
+        if self.thumbs is not None:
+            t = _array(self, "thumbs", "u", (n, None, None, 3)).shape[1]
+            if self.thumbs.dtype.itemsize != 1 or not 1 <= t <= SIDE_MAX or self.thumbs.shape[2] != t:
+                raise ValueError(f"thumbs must be (N, T, T, 3) uint8, got {self.thumbs.shape} {self.thumbs.dtype}")
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -104,7 +212,10 @@ class UnseenBatch:
 
 @dataclass(frozen=True)
 class ClassUpdate:
-    """The complete set of discovered classes (a snapshot, so a late or lost update heals itself)."""
+    """The complete set of discovered classes (a snapshot, so a late or lost update heals itself).
+
+    `version` counts the cluster stage's changes, for logs; the gate applies every valid snapshot in
+    arrival order, so no version value (a forged 2e18, or 1 from a restarted cluster) can stall it."""
     version: int
     names: tuple[str, ...]   # (K,)
     centroids: np.ndarray    # (K, D) float32
@@ -113,12 +224,17 @@ class ClassUpdate:
     set_ids: np.ndarray      # (K,) int64, embedding set each class belongs to
 
     def __post_init__(self):
-        if isinstance(self.names, list):
-            object.__setattr__(self, "names", _strings(self.names))
+        _int(self, "version", self.version, 0, VERSION_MAX)
+        _strings(self, "names")
         k = len(self.names)
-        if self.centroids.ndim != 2 or len(self.centroids) != k or any(
-                a.shape != (k,) for a in (self.radii, self.sizes, self.set_ids)):
-            raise ValueError(f"ClassUpdate columns disagree on {k} classes")
+        if len(set(self.names)) != k:
+            raise ValueError("ClassUpdate.names repeat a class")
+        d = _array(self, "centroids", "f", (k, None), -FINITE, FINITE).shape[1]
+        _array(self, "radii", "f", (k,), 0.0, FINITE)
+        _array(self, "sizes", "i", (k,), 0)
+        _array(self, "set_ids", "i", (k,), 0)
+        if k and d < 1:
+            raise ValueError("ClassUpdate needs centroids of dimension D >= 1")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -126,12 +242,16 @@ class ClassUpdate:
 
 @dataclass(frozen=True)
 class Event:
-    """A record for the JSONL event log; `record` carries at least "type" and "ts"."""
+    """A record for the JSONL event log; `record` carries at least "type" and "ts".
+
+    NaN and inf become None (JSON has neither); the decoder refuses them outright."""
     record: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.record.get("type"), str) or not isinstance(self.record.get("ts"), (int, float)):
-            raise ValueError("an event record needs a string 'type' and a numeric 'ts'")
+        record = self.record
+        if not isinstance(record, dict) or not isinstance(record.get("type"), str) or not _time(record.get("ts")):
+            raise ValueError("an event record needs a string 'type' and a finite numeric 'ts'")
+        object.__setattr__(self, "record", json_safe(record))
 
 
 @dataclass(frozen=True)
@@ -140,6 +260,11 @@ class EndOfStream:
     source: str
     frames: int         # frames read from the source
     reason: str = "end"  # "end", "stopped" (Ctrl-C, SIGTERM) or "lost" (a live source went silent)
+
+    def __post_init__(self):
+        _text(self, "source", self.source, SOURCE_MAX)
+        _int(self, "frames", self.frames)
+        _text(self, "reason", self.reason, LABEL_MAX)
 
 
 MESSAGE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (

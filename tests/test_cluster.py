@@ -1,108 +1,143 @@
-"""Label-free clustering (KCH) on seeded synthetic embeddings, and the cluster stage's discovery step."""
+"""Label-free discovery (models/discovery.py) on seeded synthetic embeddings: the stream rule, pinned."""
 from __future__ import annotations
 
 import numpy as np
 
-from models.kch import deduplicate, knn_clusters
+from models.discovery import DiscoveryRules, UnseenBuffer, communities, discover, objects
+from models.knn import knn
 from models.sddc import Gate, normalize
-from stages.cluster import UnseenBuffer, discover
-from stages.config import ClusterSettings
-from stream.messages import UnseenBatch
 
 DIM = 32
+RULES = DiscoveryRules()
 
 
-def blobs(n_per: int, centers: int, spread: float = 0.4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Unit vectors around random centres; spread is the noise norm (cosine to centre ~ 1/sqrt(1+spread^2))."""
+def blobs(n_per: int, centers: int, spread: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around random centres; spread is the noise norm relative to the centre."""
     rng = np.random.default_rng(seed)
     c = normalize(rng.normal(size=(centers, DIM)))
     x = np.vstack([normalize(c[i] + spread * rng.normal(size=(n_per, DIM)) / np.sqrt(DIM)) for i in range(centers)])
     return x, np.repeat(np.arange(centers), n_per)
 
 
-def test_knn_clusters_recover_seeded_blobs_and_leave_noise_out():
-    x, truth = blobs(30, 3)
-    noise = normalize(np.random.default_rng(1).normal(size=(20, DIM)))
-    labels = knn_clusters(np.vstack([x, noise]), k=10, min_similarity=0.6, min_size=8)
-    assert set(labels[:90]) - {-1} == {0, 1, 2}
-    for c in range(3):  # each found cluster is one blob, (nearly) whole
-        assert len(set(truth[labels[:90] == c])) == 1 and (labels[:90] == c).sum() >= 27
-    assert (labels[90:] == -1).mean() >= 0.9
+def jitter(x: np.ndarray, n: int, seed: int, scale: float = 1e-3) -> np.ndarray:
+    """n near-identical copies of each row of x, as consecutive frames of one object."""
+    rng = np.random.default_rng(seed)
+    return normalize(np.repeat(x, n, axis=0) + scale * rng.normal(size=(len(x) * n, x.shape[1])))
 
 
-def test_knn_clusters_respect_min_size_and_min_groups():
-    x, _ = blobs(6, 2)
-    assert (knn_clusters(x, k=5, min_similarity=0.5, min_size=8) == -1).all()
-    x, _ = blobs(20, 1)
-    one_track = np.zeros(20, np.int64)
-    assert (knn_clusters(x, 10, 0.5, 8, groups=one_track, min_groups=2) == -1).all()
-    assert (knn_clusters(x, 10, 0.5, 8, groups=np.arange(20) % 3, min_groups=2) == 0).all()
-
-
-def test_deduplicate_keeps_one_of_near_copies():
-    rng = np.random.default_rng(0)
-    base = normalize(rng.normal(size=(3, DIM)))
-    x = normalize(np.repeat(base, 10, axis=0) + 1e-3 * rng.normal(size=(30, DIM)))
-    assert deduplicate(x, 0.99).tolist() == [0, 10, 20]
-    assert deduplicate(np.zeros((0, DIM), np.float32), 0.99).tolist() == []
-
-
-def settings(**kw) -> ClusterSettings:
-    return ClusterSettings(**{"k": 10, "min_similarity": 0.6, "dedup_similarity": 0.99, "min_size": 8, **kw})
-
-
-def buffer_of(x: np.ndarray) -> UnseenBuffer:
-    buf = UnseenBuffer(capacity=1000)
-    buf.add(UnseenBatch("t", 0, x.astype(np.float32), np.full(len(x), -1, np.int64)))
+def buffer_of(x: np.ndarray, tracks: np.ndarray | None = None) -> UnseenBuffer:
+    buf = UnseenBuffer(capacity=100_000)
+    buf.add(x.astype(np.float32), np.full(len(x), -1, np.int64) if tracks is None else tracks.astype(np.int64))
     return buf
 
 
-def test_one_object_repeated_does_not_make_a_class():
+def test_communities_recover_seeded_blobs_without_any_threshold():
+    for spread in (0.3, 0.8):  # tight and loose blobs: no similarity scale to tune
+        x, truth = blobs(40, 4, spread, seed=1)
+        comm = communities(x, k=15, resolution=0.5)
+        for c in range(4):  # each blob lands (nearly whole) in one community of its own
+            values, counts = np.unique(comm[truth == c], return_counts=True)
+            assert counts.max() >= 36 and (comm[truth != c] == values[counts.argmax()]).sum() <= 2
+
+
+def test_one_blob_stays_one_community_at_the_default_resolution():
+    for n, spread in ((30, 0.5), (300, 2.0)):  # 1.0 would cut it into 3-8 pieces
+        x, _ = blobs(n, 1, spread, seed=2)
+        assert len(np.unique(communities(x, RULES.k, RULES.resolution))) == 1
+
+
+def test_communities_small_and_empty_inputs():
+    assert communities(np.zeros((0, DIM), np.float32), 15, 1.0).tolist() == []
+    assert communities(normalize(np.ones((2, DIM))), 15, 1.0).tolist() == [0, 0]
+
+
+def test_objects_join_re_tracked_look_alikes_but_not_distinct_things():
     rng = np.random.default_rng(2)
-    one = normalize(np.repeat(rng.normal(size=(1, DIM)), 200, axis=0) + 1e-4 * rng.normal(size=(200, DIM)))
-    gate = Gate.empty(DIM)
-    assert discover(gate, buffer_of(one), settings(), alpha=0.75) == ([], [])
-    assert len(gate) == 0
+    thing, other = normalize(rng.normal(size=(2, DIM)))
+    lingering = jitter(thing[None], 12, seed=3)   # one object on four broken tracks
+    two = jitter(np.stack([other, normalize(other[None] + 0.3 * rng.normal(size=(1, DIM)))[0]]), 3, seed=4)  # two look-alikes
+    x = np.vstack([lingering, two])
+    tracks = np.concatenate([np.repeat([10, 11, 12, 13], 3), np.repeat([20, 21], 3)])
+    obj = objects(x, tracks, *knn(x, 15))
+    assert len(np.unique(obj[:12])) == 1
+    assert len(np.unique(obj[12:])) == 2 and not set(obj[:12]) & set(obj[12:])
+    assert len(np.unique(objects(x, np.full(len(x), -1), *knn(x, 15)))) == len(x)  # untracked: each its own
 
 
-def test_discover_adds_new_classes_and_grows_known_ones():
-    x, truth = blobs(40, 2, seed=3)
+def test_a_lingering_object_never_makes_a_class():
+    rng = np.random.default_rng(5)
+    one = jitter(normalize(rng.normal(size=(1, DIM))), 60, seed=6)  # 20 broken tracks of 3 frames
     gate = Gate.empty(DIM)
-    new, grown = discover(gate, buffer_of(x[truth == 0][:20]), settings(), alpha=0.75)
-    assert new == ["novel-1"] and grown == []
-    buf = buffer_of(np.vstack([x[truth == 0][20:], x[truth == 1]]))
-    new, grown = discover(gate, buf, settings(), alpha=0.75)
-    assert new == ["novel-2"]  # blob 0 again must not become a class of its own
-    assert grown in ([], ["novel-1"])
+    out = discover(gate, buffer_of(one, np.repeat(np.arange(20), 3)), RULES, alpha=0.75)
+    assert not out and len(gate) == 0
+
+
+def test_near_duplicate_frames_of_one_track_never_make_a_class():
+    rng = np.random.default_rng(7)
+    gate = Gate.empty(DIM)
+    assert not discover(gate, buffer_of(jitter(normalize(rng.normal(size=(1, DIM))), 200, 8),
+                                        np.zeros(200, np.int64)), RULES, 0.75)
+
+
+def test_a_new_class_needs_several_tracks():
+    x, _ = blobs(30, 1, seed=9)
+    for tracks, made in ((np.repeat(np.arange(2), 15), 0), (np.arange(30), 1)):
+        gate = Gate.empty(DIM)
+        discover(gate, buffer_of(x, tracks), RULES, 0.75)
+        assert len(gate) == made
+
+
+def test_a_class_found_in_round_one_is_grown_not_duplicated_in_round_two():
+    x, truth = blobs(60, 2, seed=3)
+    a, b = x[truth == 0], x[truth == 1]
+    gate = Gate.empty(DIM)
+    out = discover(gate, buffer_of(a[:30], np.arange(30)), RULES, 0.75)
+    assert out.new == ["novel-1"] and gate.discovered == [True]
+    buf = buffer_of(np.vstack([a[30:], b]), np.arange(100, 190))
+    out = discover(gate, buf, RULES, 0.75)
+    assert out.new == ["novel-2"] and out.grown == ["novel-1"] and not out.merged
+    assert len(out.assigned["novel-2"]) >= 50  # rows of blob 0 either joined novel-1 or it covered them already
     index, _ = gate.classify(x)
-    assert (index[truth == 1] == 1).mean() > 0.6 and (index[truth == 0] == 0).mean() > 0.6
-    assert (gate.classify(buf.embeddings)[0] == -1).all()  # what a class covers leaves the buffer
+    assert (index[truth == 0] == 0).mean() > 0.6 and (index[truth == 1] == 1).mean() > 0.6
+    assert len(buf) <= 15  # what joined a class left the buffer
 
 
-def test_buffer_keeps_the_newest_rows():
-    buf = UnseenBuffer(capacity=5)
+def test_two_fragments_of_one_class_merge():
+    x, _ = blobs(80, 1, seed=11)
+    gate = Gate.empty(DIM)
+    order = np.argsort(x[:, 0])  # two halves of one blob, each made a class by itself
+    for name, part in (("novel-1", order[:20]), ("novel-2", order[-20:])):
+        gate.add_members(name, x[part], 0.75, discovered=True)
+    out = discover(gate, buffer_of(x[order[20:-20]], np.arange(40)), RULES, 0.75)
+    assert out.merged and set(out.merged[0]) == {"novel-1", "novel-2"}
+    assert len(gate) == 1 and gate.names[0] == out.merged[0][1] and out.grown == gate.names
+
+
+def test_a_seen_class_never_grows_from_unseen_rows():
+    x, _ = blobs(60, 1, seed=12)
+    gate = Gate.empty(DIM)
+    gate.add_members("coat", x[:30], 0.75)  # seen: from a labeled memory
+    radius, size = float(gate.radii[0]), int(gate.sizes[0])
+    out = discover(gate, buffer_of(x[30:], np.arange(30)), RULES, 0.75)
+    assert not out and gate.names == ["coat"] and float(gate.radii[0]) == radius and int(gate.sizes[0]) == size
+
+
+def test_buffer_keeps_the_newest_rows_and_diverse_views_per_track():
+    buf = UnseenBuffer(capacity=5, per_track=0)
     for i in range(3):
-        buf.add(UnseenBatch("t", i, np.full((3, 2), i, np.float32), np.full(3, i, np.int64)))
-    assert len(buf) == 5 and buf.tracks.tolist() == [1, 1, 2, 2, 2]
-
-
-def test_buffer_keeps_a_few_distinct_views_per_track():
-    buf = UnseenBuffer(capacity=100, per_track=3, similar=0.99)
+        ids = buf.add(np.full((3, 2), i, np.float32), np.full(3, i, np.int64))
+    assert len(buf) == 5 and buf.tracks.tolist() == [1, 1, 2, 2, 2] and ids.tolist() == [6, 7, 8]
     rng = np.random.default_rng(4)
-    views = normalize(rng.normal(size=(6, DIM)))
-    same = np.repeat(views[:1], 5, axis=0)  # one view seen five times
-    buf.add(UnseenBatch("t", 0, same.astype(np.float32), np.full(5, 7, np.int64)))
-    assert len(buf) == 1
-    buf.add(UnseenBatch("t", 1, views[1:].astype(np.float32), np.full(5, 7, np.int64)))
-    assert len(buf) == 3 and np.allclose(buf.embeddings, views[3:])  # the track's newest three
-    buf.add(UnseenBatch("t", 2, views[:2].astype(np.float32), np.full(2, -1, np.int64)))
+    views = normalize(rng.normal(size=(3, DIM)))
+    buf = UnseenBuffer(capacity=100, per_track=3)
+    buf.add(views, np.full(3, 7, np.int64))
+    buf.add(jitter(views[:1], 4, 5), np.full(4, 7, np.int64))  # more frames like the first view
+    assert len(buf) == 3  # the track still has three distinct views:
+    assert np.sort(buf.embeddings @ views.T, axis=0)[-1].min() > 0.99
+    buf.add(views[:2], np.full(2, -1, np.int64))
     assert len(buf) == 5  # untracked rows are not capped
 
 
-def test_new_class_needs_several_tracks():
-    x, _ = blobs(30, 1, seed=5)
-    gate = Gate.empty(DIM)
-    for tracks, found in ((np.repeat(np.arange(2), 15), []), (np.arange(30) % 3, ["novel-1"])):
-        buf = UnseenBuffer(capacity=1000)
-        buf.add(UnseenBatch("t", 0, x.astype(np.float32), tracks.astype(np.int64)))
-        assert discover(gate, buf, settings(min_tracks=3), alpha=0.75)[0] == found
+def test_rules_come_from_settings_of_the_same_names():
+    from stages.config import ClusterSettings
+    assert DiscoveryRules.from_settings(ClusterSettings(k=7, resolution=0.5)) == DiscoveryRules(k=7, resolution=0.5)

@@ -36,7 +36,8 @@ def gate_process(tmp_path, request):
     else:
         endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in zip(ENDPOINT_NAMES, free_tcp_ports(len(ENDPOINT_NAMES)))}
     # untracked: every unseen box goes to clustering at once (tracking is tested in test_tracks.py)
-    settings = Settings(gate=GateSettings(track=False), transport=TransportSettings(endpoints=endpoints))
+    settings = Settings(gate=GateSettings(track=False),  # tcp here is plain: tests/test_security.py runs CURVE
+                        transport=TransportSettings(endpoints=endpoints, insecure_tcp=request.param == "tcp"))
     ctx = zmq.Context()
     socks = {
         "embeddings": open_socket(ctx, zmq.PUSH, endpoints["embeddings"], bind=True, linger_ms=0),
@@ -95,6 +96,47 @@ def test_gate_rejects_bad_messages_applies_updates_and_forwards_end(gate_process
     send(socks["embeddings"], EndOfStream("test", 3))
     while not isinstance(msg, EndOfStream):
         msg = labeled.recv(10000)
+    assert proc.wait(timeout=20) == 0
+    stopped = events.recv(2000)
+    assert stopped.record["type"] == "stage_stopped" and stopped.record["rejected"] == 2
+
+
+def class_update(version: int, name: str, dim: int = DIM) -> ClassUpdate:
+    return ClassUpdate(version, (name,), np.eye(dim, dtype=np.float32)[:1], np.float32([0.2]), np.int64([9]),
+                       np.int64([0]))
+
+
+@pytest.mark.parametrize("gate_process", ["ipc"], indirect=True)
+def test_gate_counts_wrong_dimensions_and_no_version_stalls_it(gate_process):
+    """Issue 9: a class update of another dimension crashed the gate, and one of version 2e18 (now refused
+    by the decoder; 2**53 - 1 is the largest allowed) made it ignore every later update."""
+    proc, socks, events = gate_process
+    labeled = Inbox(socks["labeled"], "labeled", (LabeledFrame, EndOfStream))
+    vectors = np.eye(DIM, dtype=np.float32)[:2]  # the first lies on every update's centroid
+
+    def label_of_next_frame(index: int) -> str:
+        send(socks["embeddings"], embeddings_msg(index, vectors))
+        return labeled.recv(10000).labels[0]
+
+    assert label_of_next_frame(0) == "unseen"
+    for attempt in range(50):  # until the subscription is through
+        send(socks["classes"], class_update(5, "novel-1"))
+        time.sleep(0.1)
+        if label_of_next_frame(attempt + 1) == "novel-1":
+            break
+    send(socks["classes"], class_update(6, "novel-x", dim=4))  # another dimension: rejected, counted
+    send(socks["classes"], class_update(2 ** 53 - 1, "novel-9"))  # a forged newest version...
+    send(socks["classes"], class_update(2, "novel-2"))  # ...does not stop the next update
+    for attempt in range(50):
+        time.sleep(0.1)
+        if label_of_next_frame(100 + attempt) == "novel-2":
+            break
+    assert label_of_next_frame(200) == "novel-2"
+    send(socks["embeddings"], embeddings_msg(201, np.eye(4, dtype=np.float32)[:2]))  # frame of another dim: rejected
+    assert label_of_next_frame(202) == "novel-2"
+    send(socks["embeddings"], EndOfStream("test", 203))
+    while not isinstance(labeled.recv(10000), EndOfStream):
+        pass
     assert proc.wait(timeout=20) == 0
     stopped = events.recv(2000)
     assert stopped.record["type"] == "stage_stopped" and stopped.record["rejected"] == 2

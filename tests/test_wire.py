@@ -36,11 +36,15 @@ CASES = {
     "labeled-empty": labeled(0),
     "unseen": UnseenBatch("s", 5, np.ones((3, 8), np.float32), np.array([1, -1, 2])),
     "unseen-empty": UnseenBatch("s", 5, np.zeros((0, 8), np.float32), np.zeros(0, np.int64)),
+    "unseen-thumbs": UnseenBatch("s", 5, np.ones((2, 8), np.float32), np.array([1, -1]), np.zeros((2, 4, 4, 3), np.uint8)),
     "classes": ClassUpdate(2, ("novel-1", "novel-2"), np.eye(2, 8, dtype=np.float32), np.array([0.1, 0.2], np.float32),
                            np.array([9, 12]), np.array([0, 0])),
     "classes-empty": ClassUpdate(0, (), np.zeros((0, 8), np.float32), np.zeros(0, np.float32),
                                  np.zeros(0, np.int64), np.zeros(0, np.int64)),
+    "classes-newest-version": ClassUpdate(2 ** 53 - 1, (), np.zeros((0, 0), np.float32), np.zeros(0, np.float32),
+                                          np.zeros(0, np.int64), np.zeros(0, np.int64)),
     "event": Event({"type": "frame_dropped", "ts": 1.5, "frames": [3, 4], "count": 2}),
+    "event-nested": Event({"type": "x", "ts": 2, "a": {"b": [1, "c", None, True, {"d": -0.5}]}}),
     "eos": EndOfStream("s", 795, "end"),
 }
 
@@ -88,6 +92,24 @@ BAD = {
     "short buffer": _header(arrays=[{"name": "embeddings", "dtype": "float32", "shape": [4, 8]},
                                     {"name": "track", "dtype": "int64", "shape": [3]}]),
     "missing buffer": _header()[:-1],
+    "extra buffer": _header() + [b""],
+    "header key missing": [json.dumps({"v": PROTOCOL, "type": "EndOfStream", "fields": {}}).encode()],
+    "header key extra": _header(extra=1),
+    "version as bool": _header(v=True),
+    "type unhashable": _header(type=["UnseenBatch"]),
+    "array name unhashable": _header(arrays=[{"name": ["embeddings"], "dtype": "float32", "shape": [3, 8]},
+                                             {"name": "track", "dtype": "int64", "shape": [3]}]),
+    "array spec key extra": _header(arrays=[{"name": "embeddings", "dtype": "float32", "shape": [3, 8], "x": 1},
+                                            {"name": "track", "dtype": "int64", "shape": [3]}]),
+    "shape overflows int64": _header(arrays=[{"name": "embeddings", "dtype": "float32", "shape": [2 ** 32, 2 ** 32]},
+                                             {"name": "track", "dtype": "int64", "shape": [3]}]),
+    "negative shape": _header(arrays=[{"name": "embeddings", "dtype": "float32", "shape": [-3, -8]},
+                                      {"name": "track", "dtype": "int64", "shape": [3]}]),
+    "float shape": _header(arrays=[{"name": "embeddings", "dtype": "float32", "shape": [3.0, 8]},
+                                   {"name": "track", "dtype": "int64", "shape": [3]}]),
+    "NaN constant": [b'{"v": 1, "type": "EndOfStream", "fields": {"source": "s", "frames": NaN}, "arrays": []}'],
+    "buffer not bytes": [encode(CASES["frame"])[0], 42],
+    "header not bytes": [{"v": PROTOCOL}],
     "missing field": _header(fields={"source": "s"}),
     "unknown field": _header(arrays=[{"name": "embeddings", "dtype": "float32", "shape": [3, 8]},
                                         {"name": "track", "dtype": "int64", "shape": [3]}],
@@ -99,6 +121,50 @@ BAD = {
 def test_bad_messages_raise_wire_error(name):
     with pytest.raises(WireError):
         decode(BAD[name])
+
+
+def _frame(**changes) -> dict:
+    return {**frame_fields(1), **changes}
+
+
+INVALID = {  # contents a message refuses when it is built, in-process or by the decoder
+    "0x0 image": lambda: Frame(**_frame(image=np.zeros((0, 0, 3), np.uint8))),
+    "gray image": lambda: Frame(**_frame(image=np.zeros((4, 4), np.uint8))),
+    "float image": lambda: Frame(**_frame(image=np.zeros((4, 4, 3), np.float32))),
+    "ts as string": lambda: Frame(**_frame(ts="now")),
+    "ts NaN": lambda: Frame(**_frame(ts=float("nan"))),
+    "index negative": lambda: Frame(**_frame(index=-1)),
+    "index bool": lambda: Frame(**_frame(index=True)),
+    "source not a string": lambda: Frame(**_frame(source=3)),
+    "NaN box": lambda: FrameDetections(**_frame(), **{**boxes(2), "xyxy": np.float32([[np.nan, 0, 1, 1]] * 2)}),
+    "1-D boxes": lambda: FrameDetections(**_frame(), **{**boxes(2), "xyxy": np.zeros(8, np.float32)}),
+    "inf score": lambda: FrameDetections(**_frame(), **{**boxes(2), "scores": np.float32([np.inf, 0])}),
+    "labels not strings": lambda: FrameDetections(**_frame(), **{**boxes(2), "det_labels": (1, 2)}),
+    "embeddings of dim 0": lambda: FrameEmbeddings(**_frame(), **boxes(2), embeddings=np.zeros((2, 0), np.float32)),
+    "NaN distance": lambda: LabeledFrame(**{**vars(labeled(2)), "distance": np.float32([np.nan, 1])}),
+    "track below -1": lambda: LabeledFrame(**{**vars(labeled(2)), "track": np.int64([0, -2])}),
+    "thumbs not square": lambda: UnseenBatch("s", 1, np.ones((1, 8), np.float32), np.int64([0]),
+                                             np.zeros((1, 4, 5, 3), np.uint8)),
+    "version 2e18": lambda: ClassUpdate(2e18, (), np.zeros((0, 8), np.float32), np.zeros(0, np.float32),
+                                        np.zeros(0, np.int64), np.zeros(0, np.int64)),
+    "version 2**53": lambda: ClassUpdate(2 ** 53, (), np.zeros((0, 8), np.float32), np.zeros(0, np.float32),
+                                         np.zeros(0, np.int64), np.zeros(0, np.int64)),
+    "class names repeat": lambda: ClassUpdate(1, ("a", "a"), np.ones((2, 8), np.float32), np.ones(2, np.float32),
+                                              np.ones(2, np.int64), np.zeros(2, np.int64)),
+    "class radius NaN": lambda: ClassUpdate(1, ("a",), np.ones((1, 8), np.float32), np.float32([np.nan]),
+                                            np.ones(1, np.int64), np.zeros(1, np.int64)),
+    "class columns disagree": lambda: ClassUpdate(1, ("a",), np.ones((2, 8), np.float32), np.ones(1, np.float32),
+                                                  np.ones(1, np.int64), np.zeros(1, np.int64)),
+    "event ts NaN": lambda: Event({"type": "x", "ts": float("nan")}),
+    "event without type": lambda: Event({"ts": 1.0}),
+    "end frames negative": lambda: EndOfStream("s", -1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_contents_are_refused(name):
+    with pytest.raises(ValueError):
+        INVALID[name]()
 
 
 def test_inbox_counts_rejects_and_keeps_receiving(tmp_path):
@@ -115,6 +181,27 @@ def test_inbox_counts_rejects_and_keeps_receiving(tmp_path):
         got = [inbox.recv(2000) for _ in range(4)]
         assert got[:3] == [None, None, None] and inbox.rejected == 3
         assert_same(got[3], CASES["unseen"])
+    finally:
+        push.close()
+        pull.close()
+        ctx.term()
+
+
+def test_inbox_counts_a_decoder_bug_as_a_reject(tmp_path, monkeypatch):
+    def broken(frames):
+        raise IndexError("a bug")
+    ctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/in"
+    pull = open_socket(ctx, zmq.PULL, endpoint, bind=True, linger_ms=0)
+    push = open_socket(ctx, zmq.PUSH, endpoint, bind=False, linger_ms=0)
+    inbox = Inbox(pull, "test", (EndOfStream,))
+    try:
+        monkeypatch.setattr("stream.sockets.decode", broken)
+        send(push, CASES["eos"])
+        assert inbox.recv(2000) is None and inbox.rejected == 1
+        monkeypatch.undo()
+        send(push, CASES["eos"])
+        assert inbox.recv(2000) == CASES["eos"] and inbox.rejected == 1
     finally:
         push.close()
         pull.close()

@@ -1,0 +1,310 @@
+"""Label-free discovery of new classes in a stream (SKZC's KCH without labels): Leiden communities on a kNN graph."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import igraph
+import leidenalg
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from models.knn import knn
+from models.sddc import Gate
+
+
+@dataclass(frozen=True)
+class DiscoveryRules:
+    """Every knob is a rank, a count, a share or a resolution — none is a distance or a similarity, so
+    one default serves every embedder and domain."""
+    k: int = 15                # neighbours per row in the kNN graph
+    resolution: float = 0.4    # Leiden modularity resolution; at <= 0.5 one Gaussian blob is never split (1.0 shatters it)
+    min_size: int = 6          # rows a new class needs
+    min_tracks: int = 3        # ... from at least this many tracks (untracked rows count one each)
+    min_objects: int = 2       # ... showing at least this many distinct objects (see `objects`)
+    per_track: int = 3         # views kept per track in the buffer, and rows per object in the graph
+    anchors: int = 32          # newest stored members per known class clustered with the buffer
+    hold: float = 0.5          # a group holding more than this share of a class's anchors *is* that class
+    max_members: int = 256     # member embeddings kept per class (centroid, radius, anchors)
+    restarts: int = 3          # Leiden runs per round; the highest-modularity partition is kept
+    seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings) -> "DiscoveryRules":
+        """The rules from any object with attributes of the same names (the cluster stage's settings)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls) if hasattr(settings, f.name)})
+
+
+class UnseenBuffer:
+    """The newest `capacity` unseen embeddings with the track each came from, an id and an optional thumbnail.
+
+    A track keeps at most `per_track` views (0 = no limit); a further view replaces the kept view most
+    alike the others, so a track is a few diverse views rather than hundreds of near-identical frames."""
+
+    def __init__(self, capacity: int, per_track: int = 3):
+        self.capacity, self.per_track = capacity, per_track
+        self._rows: dict[int, tuple[np.ndarray, int, np.ndarray | None]] = {}  # id -> (x (D,), track, thumb); insertion order
+        self._by_track: dict[int, list[int]] = {}
+        self._next = 0
+        self._arrays = None
+
+    def add(self, embeddings: np.ndarray, tracks: np.ndarray, thumbs=None) -> np.ndarray:
+        """embeddings (M, D) normalized, tracks (M,) (-1 = untracked), thumbs: M images or None.
+        Returns (M,) row ids, -1 for a view its track did not keep."""
+        if self._rows and embeddings.shape[1:] != next(iter(self._rows.values()))[0].shape:
+            raise ValueError(f"unseen embeddings of dim {embeddings.shape[1:]}, buffer holds "
+                             f"{next(iter(self._rows.values()))[0].shape}")
+        ids = np.array([self._add_row(np.asarray(embeddings[i], np.float32), int(tracks[i]),
+                                      None if thumbs is None else thumbs[i]) for i in range(len(embeddings))], np.int64)
+        while len(self._rows) > self.capacity:
+            self._drop(next(iter(self._rows)))
+        self._arrays = None
+        return ids
+
+    def _add_row(self, x: np.ndarray, track: int, thumb) -> int:
+        rid, self._next = self._next, self._next + 1
+        self._rows[rid] = (x, track, thumb)
+        if track >= 0 and self.per_track:
+            mine = self._by_track.setdefault(track, [])
+            mine.append(rid)
+            if len(mine) > self.per_track:  # drop the view most alike the others
+                views = np.stack([self._rows[i][0] for i in mine])
+                sim = views @ views.T
+                np.fill_diagonal(sim, -np.inf)
+                victim = mine[int(sim.max(axis=1).argmax())]
+                self._drop(victim)
+                return -1 if victim == rid else rid
+        return rid
+
+    def _drop(self, rid: int) -> None:
+        _, track, _ = self._rows.pop(rid)
+        if track >= 0 and track in self._by_track:
+            self._by_track[track].remove(rid)
+            if not self._by_track[track]:
+                del self._by_track[track]
+
+    def remove(self, ids) -> None:
+        for rid in ids:
+            if int(rid) in self._rows:
+                self._drop(int(rid))
+        self._arrays = None
+
+    def _build(self):
+        if self._arrays is None:
+            rows = list(self._rows.values())
+            dim = rows[0][0].shape[0] if rows else 0
+            self._arrays = (np.stack([r[0] for r in rows]) if rows else np.zeros((0, dim), np.float32),
+                            np.array([r[1] for r in rows], np.int64), np.array(list(self._rows), np.int64))
+        return self._arrays
+
+    @property
+    def embeddings(self) -> np.ndarray:  # (M, D) float32
+        return self._build()[0]
+
+    @property
+    def tracks(self) -> np.ndarray:  # (M,) int64
+        return self._build()[1]
+
+    @property
+    def ids(self) -> np.ndarray:  # (M,) int64
+        return self._build()[2]
+
+    def thumbs(self, ids) -> list:
+        return [self._rows[int(i)][2] for i in ids if int(i) in self._rows and self._rows[int(i)][2] is not None]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+@dataclass
+class Outcome:
+    """What one discovery round changed."""
+    new: list[str] = field(default_factory=list)
+    grown: list[str] = field(default_factory=list)
+    merged: list[tuple[str, str]] = field(default_factory=list)      # (absorbed class, into class)
+    assigned: dict[str, np.ndarray] = field(default_factory=dict)    # class -> buffer row ids that joined it
+    thumbs: dict[str, list] = field(default_factory=dict)            # class -> thumbnails of those rows
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.grown or self.merged)
+
+
+def communities(x: np.ndarray, k: int, resolution: float, seed: int = 0, restarts: int = 3) -> np.ndarray:
+    """x: (N, D) normalized -> community id per row (N,) int64: Leiden (modularity with `resolution`) on
+    the symmetrized graph of each row's k nearest neighbours, the best of `restarts` seeded runs (Leiden
+    is randomized; the highest-modularity partition is kept). Ranks only, no similarity threshold."""
+    n = len(x)
+    if n < 3:
+        return np.zeros(n, np.int64)
+    nbrs, _ = knn(x, min(k, n - 1), seed)
+    rows = np.repeat(np.arange(n), nbrs.shape[1])
+    cols = nbrs.ravel()
+    ok = cols >= 0
+    a, b = np.minimum(rows[ok], cols[ok]), np.maximum(rows[ok], cols[ok])
+    edges = np.unique(a * n + b)
+    graph = igraph.Graph(n=n, edges=np.stack([edges // n, edges % n], axis=1).tolist())
+    runs = [leidenalg.find_partition(graph, leidenalg.RBConfigurationVertexPartition, resolution_parameter=resolution,
+                                     seed=seed + r, n_iterations=-1) for r in range(max(restarts, 1))]
+    return np.asarray(max(runs, key=lambda p: p.quality()).membership, np.int64)
+
+
+def objects(x: np.ndarray, tracks: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """Object id per row (N,): rows of one track are one object, and two tracks are one object when
+    some of their views lie closer than either track's own views lie to each other (one thing that
+    lingered in view and was re-tracked). The scale comes from the data: a track's spread is the
+    largest distance between its own views (tracks with one view take the median spread). Untracked
+    rows (-1) are objects of their own. nbrs/sims: (N, k) neighbours and cosines of x."""
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    _, t = np.unique(tracks, return_inverse=True)
+    spread = np.full(t.max() + 1, np.nan)
+    order = np.argsort(t, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(t[order]) != 0])
+    for group in np.split(order, starts[1:]):
+        if len(group) > 1 and tracks[group[0]] >= 0:
+            views = x[group]
+            spread[t[group[0]]] = float(np.sqrt(max(2 - 2 * float((views @ views.T).min()), 0.0)))
+    fallback = float(np.nanmedian(spread)) if np.isfinite(spread).any() else 0.0
+    spread = np.where(np.isnan(spread), fallback, spread)
+    rows = np.repeat(np.arange(n), nbrs.shape[1])
+    cols, dist = nbrs.ravel(), np.sqrt(np.maximum(2 - 2 * sims.ravel(), 0))
+    ok = (cols >= 0)
+    rows, cols, dist = rows[ok], cols[ok], dist[ok]
+    tracked = (tracks[rows] >= 0) & (tracks[cols] >= 0)
+    same = tracked & ((tracks[rows] == tracks[cols]) | (dist <= np.minimum(spread[t[rows]], spread[t[cols]])))
+    # rows of one track are linked through the track's first row, whether or not they are neighbours
+    first = order[starts][np.searchsorted(t[order][starts], t)]   # (N,) first row of each row's group
+    on_track = np.flatnonzero(tracks >= 0)
+    chain = np.stack([first[on_track], on_track], axis=1)
+    a = np.concatenate([rows[same], chain[:, 0]])
+    b = np.concatenate([cols[same], chain[:, 1]])
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: float) -> Outcome:
+    """One discovery round. The buffer is clustered together with stored members of the known classes
+    near it (every stored member of a discovered class, the newest `anchors` of a seen one; Leiden on a
+    kNN graph, see `communities`), and each community is judged by the classes whose members it holds:
+
+    - mostly seen-class members: left alone — a seen class never grows from unseen rows, and those
+      rows stay in the buffer;
+    - holds (more than `hold` of the members of) discovered classes: it *is* that class, which grows
+      by the community's rows; two or more such classes merge into the largest. So a class found in
+      one round is grown, not duplicated, in the next, and fragments of one class merge;
+    - holds no class and is mostly buffer rows: a new class when its rows number `min_size`, come from
+      `min_tracks` tracks and show `min_objects` distinct objects (see `objects`), so one object
+      lingering in view, or near-duplicate frames, never make a class by themselves.
+    Rows that join a class, and rows a class now covers, leave the buffer."""
+    out = Outcome()
+    if len(buffer) == 0:
+        return out
+    buffer.remove(buffer.ids[gate.classify(buffer.embeddings)[0] >= 0])  # covered since they came
+    x, tracks, ids = buffer.embeddings, buffer.tracks, buffer.ids
+    if len(x) < rules.min_size:
+        return out
+    obj = objects(x, tracks, *knn(x, min(rules.k, len(x) - 1), rules.seed))
+    reps = _representatives(obj, rules.per_track)
+    anchors, owners, _ = class_anchors(gate, rules.anchors, x[reps])
+    comm_nodes = communities(np.vstack([x[reps], anchors]), rules.k, rules.resolution, rules.seed, rules.restarts)
+    # every row takes its object's community (the one most of the object's representatives joined)
+    comm = _majority(obj, obj[reps], comm_nodes[:len(reps)])
+    anchor_comm = comm_nodes[len(reps):]
+    names, discovered = list(gate.names), np.array(gate.discovered, bool)
+    per_class = np.bincount(owners, minlength=len(gate))
+    actions = []  # decided on this round's class indices, applied by name afterwards
+    for c in np.unique(comm):
+        rows = np.flatnonzero(comm == c)
+        mine = owners[anchor_comm == c]
+        if np.count_nonzero(~discovered[mine]) > len(rows) + np.count_nonzero(discovered[mine]):
+            continue  # mostly a seen class's members: its unseen rows grow nothing
+        held = [j for j in np.unique(mine) if discovered[j] and np.count_nonzero(mine == j) > rules.hold * per_class[j]]
+        if held:
+            actions.append(([names[j] for j in held], rows))
+        elif len(mine) < len(rows) and _enough(rows, tracks, obj, rules):
+            actions.append(([], rows))  # otherwise mostly a known class's members, or too little evidence
+    for held, rows in actions:
+        if held:
+            name = _grow(gate, held, x[rows], alpha, rules, out)
+        else:
+            name = _next_name(gate)
+            gate.add_members(name, x[rows][-rules.max_members:], alpha, discovered=True)
+            out.new.append(name)
+        out.assigned[name] = ids[rows]
+        out.thumbs[name] = buffer.thumbs(ids[rows])
+    if out:
+        buffer.remove(np.concatenate(list(out.assigned.values())))
+        buffer.remove(buffer.ids[gate.classify(buffer.embeddings)[0] >= 0])
+    return out
+
+
+def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules: DiscoveryRules, out: Outcome) -> str:
+    """The largest held class grows by `members`; the other held classes merge into it. Returns its name."""
+    target = max(held, key=lambda n: int(gate.sizes[gate.names.index(n)]))
+    for other in held:
+        if other != target:
+            gate.merge(other, target, alpha, rules.max_members)
+            out.merged.append((other, target))
+    gate.grow(gate.names.index(target), members, alpha, rules.max_members)
+    out.grown.append(target)
+    return target
+
+
+def _majority(groups: np.ndarray, voter_groups: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """Per row of `groups`, the most common vote among the voters of its group (ties: the lowest vote)."""
+    pairs, counts = np.unique(np.stack([voter_groups, votes], axis=1), axis=0, return_counts=True)
+    order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))     # per group: most votes first
+    pairs = pairs[order]
+    best = pairs[np.r_[True, np.diff(pairs[:, 0]) != 0]]        # (G, 2): group, winning vote
+    return best[np.searchsorted(best[:, 0], groups), 1]
+
+
+def _enough(rows: np.ndarray, tracks: np.ndarray, obj: np.ndarray, rules: DiscoveryRules) -> bool:
+    t = tracks[rows]
+    n_tracks = len(np.unique(t[t >= 0])) + int((t < 0).sum())
+    return len(rows) >= rules.min_size and n_tracks >= rules.min_tracks and \
+        len(np.unique(obj[rows])) >= rules.min_objects
+
+
+def _representatives(obj: np.ndarray, per_object: int) -> np.ndarray:
+    """Row indices entering the graph: the newest `per_object` rows of each object (all when 0)."""
+    if not per_object or len(obj) == 0:
+        return np.arange(len(obj))
+    order = np.lexsort((-np.arange(len(obj)), obj))          # by object, newest first
+    starts = np.r_[0, np.flatnonzero(np.diff(obj[order]) != 0) + 1]
+    rank = np.arange(len(obj)) - np.repeat(starts, np.diff(np.r_[starts, len(obj)]))
+    return np.sort(order[rank < per_object])
+
+
+def class_anchors(gate: Gate, per_class: int, near: np.ndarray, top: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The known classes' nodes in the graph: every stored member of a discovered class, the newest
+    `per_class` members of a seen class (its centroid when members are unknown), for the classes near
+    the rows `near` (among the `top` nearest centroids of some row; all classes when there are few).
+    Returns embeddings (A, D), owning class index (A,), and index within that class's members (A,)."""
+    dim = gate.centroids.shape[1] if len(gate) else near.shape[1]
+    if len(gate) == 0:
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if len(gate) <= 4 * top:
+        chosen = range(len(gate))
+    else:
+        d = near @ gate.centroids.T - 0.5 * (gate.centroids ** 2).sum(axis=1)  # larger = nearer
+        chosen = np.unique(np.argpartition(-d, top - 1, axis=1)[:, :top])
+    parts, owners, slots = [], [], []
+    for i in chosen:
+        m = gate.members[i] if len(gate.members[i]) else gate.centroids[i:i + 1]
+        first = 0 if gate.discovered[i] and len(gate.members[i]) else max(len(m) - per_class, 0)
+        if first >= len(m):
+            continue
+        parts.append(m[first:])
+        owners.append(np.full(len(m) - first, i, np.int64))
+        slots.append(np.arange(first, len(m)))
+    if not parts:
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.vstack(parts).astype(np.float32), np.concatenate(owners), np.concatenate(slots)
+
+
+def _next_name(gate: Gate) -> str:
+    numbers = [int(n.split("-")[1]) for n in gate.names if n.startswith("novel-") and n.split("-")[1].isdigit()]
+    return f"novel-{max(numbers, default=0) + 1}"

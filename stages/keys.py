@@ -1,0 +1,61 @@
+"""CurveZMQ keys of a run: which key pair each stage's tcp socket uses, and `run_pipeline.py keys`, which makes them."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stages.config import ConfigError, Settings
+from stream.security import PUBLIC_SUFFIX, SECRET_SUFFIX, Curve, load_public, load_secret, make_keys
+
+STAGE_KEYS = ("capture", "detect", "embed", "gate", "cluster", "sink")
+KEY_NAMES = STAGE_KEYS + ("classes",)  # "classes": the `run_pipeline.py classes` command (control socket)
+# Who binds each endpoint (its key pair serves it) and who connects (the only client keys its ZAP domain admits):
+# a stolen sink key cannot inject frames, a stolen detect key cannot rename classes.
+BINDS = {"frames": "capture", "detections": "detect", "embeddings": "embed", "labeled": "sink",
+         "unseen": "cluster", "classes": "cluster", "control": "cluster", "events": "sink"}
+CONNECTS = {"frames": ("detect",), "detections": ("embed",), "embeddings": ("gate",), "labeled": ("gate",),
+            "unseen": ("gate",), "classes": ("gate",), "control": ("classes",),
+            "events": ("capture", "detect", "embed", "gate", "cluster")}
+
+
+def socket_curve(settings: Settings, owner: str, endpoint: str, bind: bool) -> Curve | None:
+    """The CURVE keys of `owner`'s socket on `endpoint`: None for ipc (a private folder) or for tcp under
+    transport.insecure_tcp; ConfigError when a tcp endpoint has no usable keys."""
+    t = settings.transport
+    if not t.endpoints[endpoint].startswith("tcp://"):
+        return None
+    if t.keys is None:
+        if t.insecure_tcp:
+            return None
+        raise ConfigError(f"transport.endpoints.{endpoint} is tcp without transport.keys (make them with "
+                          f"`run_pipeline.py keys --out DIR`, or set transport.insecure_tcp=true)")
+    if endpoint not in BINDS:
+        raise ConfigError(f"endpoint {endpoint!r} has no key policy (BINDS/CONNECTS in stages/keys.py)")
+    folder = Path(t.keys)
+    try:
+        public, secret = load_secret(folder / "private" / f"{owner}{SECRET_SUFFIX}")
+        if bind:
+            clients = frozenset(load_public(folder / "public" / f"{c}{PUBLIC_SUFFIX}") for c in CONNECTS[endpoint])
+            return Curve(public, secret, domain=endpoint, clients=clients)
+        return Curve(public, secret, server=load_public(folder / "public" / f"{BINDS[endpoint]}{PUBLIC_SUFFIX}"))
+    except ValueError as exc:
+        raise ConfigError(f"transport.keys: {exc}") from None
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_pipeline.py keys", description=__doc__)
+    p.add_argument("--out", required=True, help="folder for the keys (made owner-only); set transport.keys to it")
+    p.add_argument("--names", nargs="+", default=list(KEY_NAMES), choices=KEY_NAMES, metavar="NAME",
+                   help=f"key pairs to make (default: all of {', '.join(KEY_NAMES)})")
+    args = p.parse_args(argv)
+    try:
+        written = make_keys(Path(args.out), tuple(args.names))
+    except OSError as exc:
+        print(f"owd keys: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    print(f"owd: copy {args.out}/public to every host and to each host only the private/NAME{SECRET_SUFFIX} "
+          f"of the stages it runs; set transport.keys={args.out}", file=sys.stderr)
+    return 0
