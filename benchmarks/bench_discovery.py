@@ -6,9 +6,9 @@
 
 Rows are real embeddings when --embeddings exists (each new row a random point between a stored
 embedding and one of its 10 nearest, plus a little noise; 384-d by a fixed random projection), else
-seeded Gaussian blobs. Ours is models.discovery.cluster_rows when it exists, else two stand-ins on the
-symmetrized kNN graph of models.knn (k 15): Leiden by leidenalg (RBConfiguration, resolution 0.5) and
-igraph's own community_leiden (modularity, resolution 0.5: the same objective). Today's is
+seeded Gaussian blobs. Ours is models.discovery.communities with DiscoveryRules' defaults (Leiden by
+leidenalg on the kNN graph of models.knn), beside one igraph community_leiden run on the same graph
+(the same objective, a faster implementation). Today's is
 deduplicate (0.95) + knn_components (k 10, similarity 0.6), frozen in benchmarks/baseline/kch_v1.py;
 a baseline size projected (quadratic in rows) above --budget seconds is not run, and its projection is
 printed marked "~". Gate: per frame of 20 boxes, 1280-d, Gate.classify vs benchmarks/baseline/sddc_v1.py.
@@ -29,10 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.baseline import kch_v1, sddc_v1  # noqa: E402
+from models.discovery import DiscoveryRules, communities  # noqa: E402
 from models.knn import knn  # noqa: E402
 from models.sddc import Gate, normalize  # noqa: E402
 
-K, RESOLUTION = 15, 0.5
+RULES = DiscoveryRules()
+K = RULES.k
 
 
 def real_rows(path: Path, n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -65,29 +67,17 @@ def knn_graph(x: np.ndarray):
     return igraph.Graph(n=n, edges=np.stack([pairs // n, pairs % n], 1))
 
 
-def leidenalg_stand_in(x: np.ndarray) -> np.ndarray:
-    """Cluster per row: leidenalg's RBConfiguration communities of the kNN graph."""
-    import leidenalg
-    part = leidenalg.find_partition(knn_graph(x), leidenalg.RBConfigurationVertexPartition,
-                                    resolution_parameter=RESOLUTION, seed=0)
-    return np.asarray(part.membership, np.int64)
-
-
-def igraph_stand_in(x: np.ndarray) -> np.ndarray:
-    """Cluster per row: igraph's own Leiden (modularity with a resolution, the same objective)."""
+def igraph_leiden(x: np.ndarray) -> np.ndarray:
+    """Cluster per row: igraph's own Leiden (modularity with a resolution: leidenalg's RBConfiguration
+    objective) on the kNN graph, one run."""
     import random
     random.seed(0)  # igraph draws from Python's random
-    part = knn_graph(x).community_leiden(objective_function="modularity", resolution=RESOLUTION, n_iterations=2)
+    part = knn_graph(x).community_leiden(objective_function="modularity", resolution=RULES.resolution, n_iterations=2)
     return np.asarray(part.membership, np.int64)
 
 
-def ours() -> list[tuple[str, callable]]:
-    try:
-        from models.discovery import cluster_rows
-        return [("models.discovery.cluster_rows", cluster_rows)]
-    except ImportError:
-        return [("stand-in A: knn + leidenalg RBConfiguration", leidenalg_stand_in),
-                ("stand-in B: knn + igraph community_leiden", igraph_stand_in)]
+def lead(x: np.ndarray) -> np.ndarray:
+    return communities(x, RULES.k, RULES.resolution, RULES.seed, RULES.restarts)
 
 
 def today(x: np.ndarray) -> np.ndarray:
@@ -116,30 +106,33 @@ def recall_at_k(x: np.ndarray, nbrs: np.ndarray, sample: int = 1000) -> float:
     return float(np.mean(hits))
 
 
-def bench_clustering(sizes: list[int], dims: list[int], budget: float, embeddings: Path) -> None:
-    runs = ours()
+def bench_clustering(sizes: list[int], dims: list[int], budget: float, embeddings: Path, lead_max: int) -> None:
+    from sklearn.metrics import normalized_mutual_info_score
     source = f"real ({embeddings.name})" if embeddings.exists() else "Gaussian blobs"
-    print(f"\n## Clustering ({source}), seconds wall / CPU; ours: " + "; ".join(f"{c} = {name}" for c, (name, _) in zip("AB", runs)))
-    print("| rows | dim | knn | recall@15 | " + " | ".join(f"{c} total (clusters)" for c in "AB"[:len(runs)])
-          + " | today (dedup + mutual kNN) |")
-    print("|---|---|---|---|" + "---|" * len(runs) + "---|")
+    print(f"\n## Clustering ({source}), seconds wall / CPU\nA = models.discovery.communities (k {RULES.k}, "
+          f"resolution {RULES.resolution}, {RULES.restarts} leidenalg runs to convergence); B = the same kNN graph, "
+          f"one igraph community_leiden run (same objective); today = deduplicate(0.95) + knn_components(k 10, 0.6)")
+    print("| rows | dim | knn | recall@15 | A (clusters) | B (clusters) | NMI(A, B) | today |")
+    print("|---|---|---|---|---|---|---|---|")
     for dim in dims:
         last = None  # (rows, seconds) of today's largest measured run
         for n in sizes:
             x = real_rows(embeddings, n, dim) if embeddings.exists() else blob_rows(n, dim)
             t_knn, c_knn, (nbrs, _) = timed(knn, x, K)
-            cells = []
-            for _, fn in runs:
-                t, c, labels = timed(fn, x)
-                cells.append(f"{t:.2f} / {c:.2f} ({len(np.unique(labels))})")
+            t_b, c_b, b = timed(igraph_leiden, x)
+            if n <= lead_max:
+                t_a, c_a, a = timed(lead, x)
+                a_s, nmi = f"{t_a:.2f} / {c_a:.2f} ({len(np.unique(a))})", f"{normalized_mutual_info_score(a, b):.2f}"
+            else:
+                a_s, nmi = "not run (--lead-max)", "-"
             projected = last[1] * (n / last[0]) ** 2 if last else 0.0
             if projected > budget:
-                today_s = f"~{projected:.0f} (projected, not run)"
+                today_s = f"~{projected:.0f} wall (projected, not run)"
             else:
                 t_today, c_today, _ = timed(today, x)
                 last, today_s = (n, t_today), f"{t_today:.2f} / {c_today:.2f}"
-            print(f"| {n} | {dim} | {t_knn:.2f} / {c_knn:.2f} | {recall_at_k(x, nbrs):.3f} | " + " | ".join(cells)
-                  + f" | {today_s} |", flush=True)
+            print(f"| {n} | {dim} | {t_knn:.2f} / {c_knn:.2f} | {recall_at_k(x, nbrs):.3f} | "
+                  f"{a_s} | {t_b:.2f} / {c_b:.2f} ({len(np.unique(b))}) | {nmi} | {today_s} |", flush=True)
 
 
 def gate_of(classes: int, dim: int, rng: np.random.Generator) -> tuple[Gate, np.ndarray]:
@@ -175,9 +168,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument("--dims", default="384,1280")
-    p.add_argument("--classes", default="10,100,1000,10000")
+    p.add_argument("--classes", default="10,100,1000,10000", help="'' skips the gate")
     p.add_argument("--budget", type=float, default=120.0, help="seconds above which today's code is projected")
     p.add_argument("--embeddings", type=Path, default=Path("/work/data/eval0/embeddings-efficientnet_lite0-128.npz"))
+    p.add_argument("--lead-max", type=int, default=10**9, help="rows above which A (leidenalg) is not run")
     p.add_argument("--threads", type=int, default=0, help="faiss and BLAS threads (0: leave as set)")
     a = p.parse_args()
     if a.threads:
@@ -187,8 +181,9 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"CPU: {cpu}, {os.cpu_count()} cores; faiss threads {faiss.omp_get_max_threads()}; "
           f"load average at start {os.getloadavg()[0]:.1f}")
-    bench_gate([int(v) for v in a.classes.split(",")])
-    bench_clustering([int(v) for v in a.sizes.split(",")], [int(v) for v in a.dims.split(",")], a.budget, a.embeddings)
+    if a.classes:
+        bench_gate([int(v) for v in a.classes.split(",")])
+    bench_clustering([int(v) for v in a.sizes.split(",")], [int(v) for v in a.dims.split(",")], a.budget, a.embeddings, a.lead_max)
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
 
 
