@@ -6,8 +6,8 @@
 
 Rows are real embeddings when --embeddings exists (each new row a random point between a stored
 embedding and one of its 10 nearest, plus a little noise; 384-d by a fixed random projection), else
-seeded Gaussian blobs. Ours is models.discovery.communities with DiscoveryRules' defaults (Leiden by
-leidenalg on the kNN graph of models.knn), beside one igraph community_leiden run on the same graph
+seeded Gaussian blobs. Ours is models.discovery.communities with DiscoveryRules' defaults (igraph Leiden on
+the kNN graph of models.knn), beside one plain igraph community_leiden run on the same graph
 (the same objective, a faster implementation). Today's is
 deduplicate (0.95) + knn_components (k 10, similarity 0.6), frozen in benchmarks/baseline/kch_v1.py;
 a baseline size projected (quadratic in rows) above --budget seconds is not run, and its projection is
@@ -110,7 +110,7 @@ def bench_clustering(sizes: list[int], dims: list[int], budget: float, embedding
     from sklearn.metrics import normalized_mutual_info_score
     source = f"real ({embeddings.name})" if embeddings.exists() else "Gaussian blobs"
     print(f"\n## Clustering ({source}), seconds wall / CPU\nA = models.discovery.communities (k {RULES.k}, "
-          f"resolution {RULES.resolution}, {RULES.restarts} leidenalg runs to convergence); B = the same kNN graph, "
+          f"resolution {RULES.resolution}, {RULES.restarts} igraph Leiden runs, one above 20 000 rows); B = the same kNN graph, "
           f"one igraph community_leiden run (same objective); today = deduplicate(0.95) + knn_components(k 10, 0.6)")
     print("| rows | dim | knn | recall@15 | A (clusters) | B (clusters) | NMI(A, B) | today |")
     print("|---|---|---|---|---|---|---|---|")
