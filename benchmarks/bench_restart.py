@@ -22,19 +22,10 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from stream.events import read_log  # noqa: E402
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
-
-def read_log(path: Path) -> list[dict]:
-    out = []
-    if path.exists():
-        with open(path) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-    return out
 
 
 def main() -> int:

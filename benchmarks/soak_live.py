@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from stream.events import read_log  # noqa: E402
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 
@@ -88,16 +90,6 @@ def children(pid: int) -> list[int]:
             out.append(int(stat.parent.name))
     return out
 
-
-def read_log(path: Path) -> list[dict]:
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
 
 
 def soak(video: str, fps: float, duration: float, warmup: float, extra: list[str], label: str) -> dict:

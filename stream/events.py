@@ -40,3 +40,18 @@ class EventLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def read_log(path) -> list[dict]:
+    """The records of a JSONL event log so far ([] before it exists); a line still being written is skipped."""
+    out: list[dict] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+    except FileNotFoundError:
+        pass
+    return out

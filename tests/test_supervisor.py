@@ -17,26 +17,13 @@ from conftest import ROOT
 from stages.process import Committed
 from stages.sink import read_back
 from stages.supervisor import make_run_dir
-from stream.events import SCHEMA_PATH
+from stream.events import SCHEMA_PATH, read_log
 from stream.messages import EndOfStream
 from stream.sockets import open_socket, send
 from test_pipeline import alive, assert_nothing_left, owd_dirs
 
 FRAMES = 60
 
-
-def records(path) -> list[dict]:
-    """The log so far (a line being written is skipped)."""
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
 
 
 def start(video, events, *extra) -> subprocess.Popen:
@@ -48,7 +35,7 @@ def start(video, events, *extra) -> subprocess.Popen:
 def wait_for(proc, events, what, timeout=240):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        recs = records(events)
+        recs = read_log(events)
         if what(recs):
             return recs
         time.sleep(0.2)
@@ -74,7 +61,7 @@ def pid_of(recs, stage) -> int:
 def check_complete(proc, events, stage, reason):
     _, stderr = proc.communicate(timeout=400)
     assert proc.returncode == 0, stderr[-3000:]
-    recs = records(events)
+    recs = read_log(events)
     frames = [r["frame"] for r in recs if r["type"] == "frame"]
     assert sorted(frames) == list(range(FRAMES)), "every frame exactly once"
     restarted = [r for r in recs if r["type"] == "stage_restarted"]
@@ -126,7 +113,7 @@ def test_a_forged_end_of_stream_ends_nothing(bikes_video, tmp_path):
     ctx.term()
     _, stderr = proc.communicate(timeout=400)
     assert proc.returncode == 0, stderr[-3000:]
-    recs = records(events)
+    recs = read_log(events)
     assert sorted(r["frame"] for r in recs if r["type"] == "frame") == list(range(FRAMES))
     stopped = {r["stage"]: r for r in recs if r["type"] == "stage_stopped"}
     assert stopped["sink"]["rejected"] >= 2 and stopped["cluster"]["rejected"] >= 1
@@ -175,7 +162,7 @@ def test_a_drain_that_times_out_says_how_many_frames_it_lost(bikes_video, tmp_pa
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130
-    logged = {r["frame"] for r in records(events) if r["type"] == "frame"}
+    logged = {r["frame"] for r in read_log(events) if r["type"] == "frame"}
     lost = [line for line in stderr.splitlines() if "frame(s) lost (drain timed out)" in line]
     assert len(lost) == 1 and int(lost[0].split("owd capture: ")[1].split()[0]) >= 1
     assert not alive(sink) and len(logged) < FRAMES
