@@ -38,7 +38,3 @@ def pack(examples: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]
         slots[i, :ex.shape[0], :ex.shape[1]] = ex
         hw[i] = ex.shape[:2]
     return slots, hw
-
-
-def unpack(slots: np.ndarray, hw: np.ndarray) -> list[np.ndarray]:
-    return [slots[i, :h, :w] for i, (h, w) in enumerate(hw)]

@@ -58,8 +58,10 @@ class UnseenBuffer:
         if self._rows and embeddings.shape[1:] != next(iter(self._rows.values()))[0].shape:
             raise ValueError(f"unseen embeddings of dim {embeddings.shape[1:]}, buffer holds "
                              f"{next(iter(self._rows.values()))[0].shape}")
+        # thumbnails are copied: a view would keep the whole received message alive as long as the row
         ids = np.array([self._add_row(np.asarray(embeddings[i], np.float32), int(tracks[i]),
-                                      None if thumbs is None else thumbs[i]) for i in range(len(embeddings))], np.int64)
+                                      None if thumbs is None else np.array(thumbs[i])) for i in range(len(embeddings))],
+                       np.int64)
         while len(self._rows) > self.capacity:
             self._drop(next(iter(self._rows)))
         self._arrays = None
@@ -115,6 +117,11 @@ class UnseenBuffer:
 
     def thumbs(self, ids) -> list:
         return [self._rows[int(i)][2] for i in ids if int(i) in self._rows and self._rows[int(i)][2] is not None]
+
+    @property
+    def dim(self) -> int | None:
+        """Width of the buffered embeddings; None while empty (no arrays are built for it)."""
+        return next(iter(self._rows.values()))[0].shape[0] if self._rows else None
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -227,7 +234,7 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     if len(x) < rules.min_size:
         return out
     # one kNN search serves both steps: the buffer rows and the known classes' members together
-    anchors, owners, _ = class_anchors(gate, rules.anchors, x)
+    anchors, owners = class_anchors(gate, rules.anchors, x)
     nodes = np.vstack([x, anchors])
     nbrs, sims = knn(nodes, min(rules.k, len(nodes) - 1), rules.seed)
     own = nbrs[:len(x)] < len(x)  # among buffer rows only
@@ -305,20 +312,20 @@ def _representatives(obj: np.ndarray, per_object: int) -> np.ndarray:
     return np.sort(order[rank < per_object])
 
 
-def class_anchors(gate: Gate, per_class: int, near: np.ndarray, top: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def class_anchors(gate: Gate, per_class: int, near: np.ndarray, top: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """The known classes' nodes in the graph: every stored member of a discovered class, the newest
     `per_class` members of a seen class (its centroid when members are unknown), for the classes near
     the rows `near` (among the `top` nearest centroids of some row; all classes when there are few).
-    Returns embeddings (A, D), owning class index (A,), and index within that class's members (A,)."""
+    Returns embeddings (A, D) and the owning class index of each (A,)."""
     dim = gate.centroids.shape[1] if len(gate) else near.shape[1]
     if len(gate) == 0:
-        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
     if len(gate) <= 4 * top:
         chosen = range(len(gate))
     else:
         d = near @ gate.centroids.T - 0.5 * (gate.centroids ** 2).sum(axis=1)  # larger = nearer
         chosen = np.unique(np.argpartition(-d, top - 1, axis=1)[:, :top])
-    parts, owners, slots = [], [], []
+    parts, owners = [], []
     for i in chosen:
         m = gate.members[i] if len(gate.members[i]) else gate.centroids[i:i + 1]
         first = 0 if gate.discovered[i] and len(gate.members[i]) else max(len(m) - per_class, 0)
@@ -326,10 +333,9 @@ def class_anchors(gate: Gate, per_class: int, near: np.ndarray, top: int = 3) ->
             continue
         parts.append(m[first:])
         owners.append(np.full(len(m) - first, i, np.int64))
-        slots.append(np.arange(first, len(m)))
     if not parts:
-        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.vstack(parts).astype(np.float32), np.concatenate(owners), np.concatenate(slots)
+        return np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+    return np.vstack(parts).astype(np.float32), np.concatenate(owners)
 
 
 def _next_name(gate: Gate) -> str:

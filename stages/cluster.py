@@ -84,7 +84,7 @@ def run(stage: StageProcess) -> int:
         if not ready and stage.drained:
             msg = EndOfStream("", 0, "stopped")  # supervised: told to stop and nothing left
         if isinstance(msg, UnseenBatch):
-            dim = gate.centroids.shape[1] if len(gate) else buffer.embeddings.shape[1] if len(buffer) else None
+            dim = gate.centroids.shape[1] if len(gate) else buffer.dim
             if dim is not None and msg.embeddings.shape[1] != dim:
                 inbox.reject(f"unseen embeddings of dim {msg.embeddings.shape[1]}, this run's are {dim}")
             else:

@@ -6,9 +6,9 @@ import numpy as np
 from conftest import frame_fields
 from models.sddc import Gate
 from models.tracks import BoxTracker, LabelVotes
-from models.boxes import example, pack, unpack
+from models.boxes import example, pack
 from stages.gate import label
-from stream.messages import FrameEmbeddings
+from stream.messages import FrameEmbeddings, UnseenBatch
 
 
 def moving_boxes(f: int) -> np.ndarray:
@@ -70,4 +70,6 @@ def test_examples_keep_the_box_small_ones_exactly():
     assert tall.shape == (64, 30, 3)
     slots, hw = pack([small, tall], 64)
     assert slots.shape == (2, 64, 64, 3) and hw.tolist() == [[40, 10], [64, 30]]
-    assert [u.shape for u in unpack(slots, hw)] == [(40, 10, 3), (64, 30, 3)]
+    batch = UnseenBatch("t", 0, np.ones((2, 4), np.float32), np.zeros(2, np.int64), slots, hw)
+    assert [u.shape for u in batch.examples()] == [(40, 10, 3), (64, 30, 3)]
+    assert np.array_equal(batch.examples()[0], small)
