@@ -39,7 +39,7 @@ def run(stage: StageProcess) -> int:
     buffer = UnseenBuffer(s.buffer_size, s.per_track)
     rules = DiscoveryRules.from_settings(s)
     crops_dir = stage.settings.crops_dir
-    version, new_rows, last_run = stage.attempt << 32, 0, time.monotonic()  # a restart's updates supersede
+    version, new_rows, last_run = 0, 0, time.monotonic()  # the gate applies every snapshot in order, whatever its version
     poller = zmq.Poller()
     poller.register(inbox.sock, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
