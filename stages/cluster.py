@@ -9,7 +9,7 @@ import zmq
 
 from models.discovery import DiscoveryRules, UnseenBuffer, discover
 from models.sddc import Gate, load_memory, save_gate
-from stages.classes import handle
+from stages.control import handle
 from stages.config import ClusterSettings
 from stages.crops import private_folder, write_png
 from stages.process import StageProcess

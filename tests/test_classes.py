@@ -14,7 +14,8 @@ import zmq
 
 from conftest import ROOT
 from models.sddc import Gate, load_gate, normalize, save_gate
-from stages.classes import control_endpoint, execute, handle
+from stages.classes import control_endpoint
+from stages.control import execute, handle
 from stages.cluster import save_examples
 from stages.config import ENDPOINT_NAMES, ConfigError, GateSettings, Settings, TransportSettings, memory_crops
 from stages.crops import class_folder, delete_crops
