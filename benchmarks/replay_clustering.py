@@ -56,10 +56,11 @@ def compute(settings, source: str, cache: Path) -> None:
              emb=np.concatenate([m.embeddings for m in rows]), shape=np.array(rows[0].image.shape))
 
 
-def replay(data, s: ClusterSettings, alpha: float, period: int) -> tuple[int, dict[str, float], tuple[float, float], str]:
+def replay(data, s: ClusterSettings, alpha: float, period: int, pool: float = 0.0) -> tuple[int, dict[str, float], tuple[float, float], str]:
     n, offsets = data["n"], np.concatenate([[0], np.cumsum(data["n"])])
     image = np.zeros(tuple(data["shape"]), np.uint8)
     gate, tracker, votes = Gate.empty(), BoxTracker(), LabelVotes()
+    gate.pool = pool
     buffer = UnseenBuffer(s.buffer_size, s.per_track)
     rules = DiscoveryRules.from_settings(s)
     late = []  # (label, detector class) over the second half
@@ -105,7 +106,7 @@ def main() -> None:
     print(f"{args.source}: {len(data['n'])} frames, {int(data['n'].sum())} boxes; base {settings.cluster}")
     for values in itertools.product(*grid.values()) if grid else [()]:
         s = dataclasses.replace(settings.cluster, **dict(zip(grid, values)))
-        classes, coverage, purity, majority = replay(data, s, settings.gate.alpha, args.period)
+        classes, coverage, purity, majority = replay(data, s, settings.gate.alpha, args.period, settings.gate.radius_pool)
         cov = "  ".join(f"{c} {v:.2f}" for c, v in coverage.items())
         print(f"{dict(zip(grid, values))}  classes {classes:3d}  labelled: {cov}  purity {purity[0]:.2f} "
               f"(car/truck as one: {purity[1]:.2f})\n    boxes of each class (2nd half): {majority}", flush=True)

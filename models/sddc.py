@@ -11,6 +11,7 @@ import numpy as np
 
 UNSEEN = "unseen"
 MEMORY_FORMAT = 1
+RADIUS_POOL = 0.0  # default of gate.radius_pool: the paper's per-class radii (docs/evaluation.md, "Gate calibration")
 # Class names become folder names and travel in events and commands: ASCII letters, digits, '-', '_'.
 CLASS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -55,6 +56,11 @@ class Gate:
     # Per class: True when discovery made it (it may grow and merge), False for seen classes given by a
     # person or a labeled memory (discovery never grows them from unseen rows).
     discovered: list[bool] = field(default_factory=list)
+    # Each class's radius is an alpha-quantile of a few hundred member distances, a noisy estimate; the
+    # gate uses it shrunk towards the median radius of all classes: (1 - pool) R_i + pool median(R).
+    # 0 (the default) is the paper's per-class radius.
+    # A setting, not memory: not saved with the classes.
+    pool: float = 0.0
 
     def __post_init__(self):
         if len(self.discovered) < len(self.names):  # classes of an older memory file: novel-N were discovered
@@ -67,6 +73,14 @@ class Gate:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def effective_radii(self) -> np.ndarray:
+        """(K,) float32: the radii classify uses, each class's own shrunk towards the classes' median."""
+        if not 0.0 <= self.pool <= 1.0:
+            raise ValueError(f"radius pool must lie in [0, 1], got {self.pool}")
+        if len(self) == 0 or self.pool == 0.0:
+            return self.radii.astype(np.float32)
+        return ((1.0 - self.pool) * self.radii + self.pool * np.median(self.radii)).astype(np.float32)
 
     def next_set_id(self) -> int:
         if len(self) == 0:
@@ -152,7 +166,8 @@ class Gate:
         grid = _set_grid(self.set_ids)  # (S, W) class per set and slot, K pads
         a, tol = sq[:, grid], bound[:, :, None]  # (N, S, W), (N, 1, 1)
         near = a <= a.min(axis=2, keepdims=True) + 2 * tol  # may be its set's nearest
-        radii2 = np.append(self.radii.astype(np.float32) ** 2, np.float32(-1))[grid]  # (S, W)
+        radii = self.effective_radii()
+        radii2 = np.append(radii ** 2, np.float32(-1))[grid]  # (S, W)
         relevant = (near & (a <= radii2 + tol)).any(axis=2)  # (N, S) sets whose nearest may be inside
         exact = sq <= sq.min(axis=1, keepdims=True) + 2 * bound  # may be nearest overall
         r, s, w = np.nonzero(near & relevant[:, :, None])
@@ -163,7 +178,7 @@ class Gate:
         slot = d[:, grid].argmin(axis=2)  # (N, S) each set's nearest, the lowest index on ties
         nearest = grid[np.arange(len(grid)), slot]  # (N, S) class index
         nd = np.take_along_axis(d, nearest, axis=1)  # (N, S)
-        inside = relevant & (nd <= self.radii[nearest])
+        inside = relevant & (nd <= radii[nearest])
         win = np.argmin(np.where(inside, nd, np.inf), axis=1)  # nearest inside; the first set on ties
         at = np.arange(n)
         seen = inside[at, win]
@@ -253,11 +268,13 @@ class MemoryFileError(ValueError):
     """A class memory file that cannot be used; the message says what is wrong with it."""
 
 
-def load_memory(path: str | Path | None, set_size: int) -> Gate:
-    """The class memory file if it exists (a path that does not exist yet starts empty)."""
+def load_memory(path: str | Path | None, set_size: int, pool: float = RADIUS_POOL) -> Gate:
+    """The class memory file if it exists (a path that does not exist yet starts empty), radii pooled by `pool`."""
+    gate = Gate.empty(set_size=set_size)
     if path and Path(path).exists():
         try:
-            return load_gate(path)
+            gate = load_gate(path)
         except ValueError as exc:
             raise MemoryFileError(f"gate.memory: {exc}") from None
-    return Gate.empty(set_size=set_size)
+    gate.pool = pool
+    return gate

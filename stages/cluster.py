@@ -35,7 +35,7 @@ def run(stage: StageProcess) -> int:
     inbox = stage.inbox(stage.socket(zmq.PULL, "unseen", bind=True), "cluster", (UnseenBatch, EndOfStream))
     publish = stage.socket(zmq.PUB, "classes", bind=True)
     control = stage.socket(zmq.REP, "control", bind=True)
-    gate = load_memory(g.memory, g.set_size)
+    gate = load_memory(g.memory, g.set_size, g.radius_pool)
     buffer = UnseenBuffer(s.buffer_size, s.per_track)
     rules = DiscoveryRules.from_settings(s)
     crops_dir = stage.settings.crops_dir

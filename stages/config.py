@@ -66,6 +66,8 @@ class EmbedSettings:
 class GateSettings:
     alpha: float = field(default=0.75, metadata=between(0, 1))  # radius = alpha-quantile of member distances (SKZC)
     set_size: int = field(default=7, metadata=at_least(1))      # classes per embedding set (SKZC)
+    radius_pool: float = field(default=0.0, metadata=between(0, 1))  # radii shrunk this share towards the
+    #                                                  classes' median (0 = the paper's own radius per class)
     memory: str | None = None    # class memory file loaded at start
     track: bool = True           # track boxes (ByteTrack) and vote labels per track
     vote_window: int = field(default=15, metadata=at_least(1))  # decisions per track the vote looks at

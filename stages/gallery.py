@@ -53,7 +53,7 @@ def main(settings: Settings, folder: str) -> int:
     try:
         classes = read_gallery(Path(folder))
         embedder = EMBEDDERS.create(e.model, weights=e.weights, device=e.device, **e.options)
-        gate = load_memory(g.memory, g.set_size)
+        gate = load_memory(g.memory, g.set_size, g.radius_pool)
     except (ConfigError, ModelError, MemoryFileError) as exc:
         print(f"owd gallery: {exc}", file=sys.stderr)
         return 2

@@ -37,10 +37,10 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     return labeled, UnseenBatch(msg.source, msg.index, x[out], track[out], thumbs, hw)
 
 
-def apply_update(update: ClassUpdate, set_size: int) -> Gate:
+def apply_update(update: ClassUpdate, set_size: int, pool: float) -> Gate:
     """The gate's classes become exactly the update's (the cluster stage owns the class memory)."""
     return Gate(list(update.names), update.centroids.astype(np.float32), update.radii.astype(np.float32),
-                update.sizes.astype(np.int64), update.set_ids.astype(np.int64), set_size)
+                update.sizes.astype(np.int64), update.set_ids.astype(np.int64), set_size, pool=pool)
 
 
 def run(stage: StageProcess) -> int:
@@ -51,7 +51,7 @@ def run(stage: StageProcess) -> int:
     classes = Inbox(stage.socket(zmq.SUB, "classes", bind=False), "gate/classes", (ClassUpdate,))
     to_sink = stage.socket(zmq.PUSH, "labeled", bind=False, hwm=hwm)
     to_cluster = stage.socket(zmq.PUSH, "unseen", bind=False)
-    gate = load_memory(s.memory, s.set_size)
+    gate = load_memory(s.memory, s.set_size, s.radius_pool)
     trackers: dict[str, BoxTracker] = {}  # one per source
     votes = LabelVotes(s.vote_window, s.vote_min, s.vote_share) if s.track else None
     dim = gate.centroids.shape[1] if len(gate) else None  # the run's embedding dim: the memory's or the first frame's
@@ -69,7 +69,7 @@ def run(stage: StageProcess) -> int:
             if update is not None and len(update) and update.centroids.shape[1] != dim:
                 classes.reject(f"class update of dim {update.centroids.shape[1]}, this run's is {dim}")
             elif update is not None:
-                gate = apply_update(update, s.set_size)
+                gate = apply_update(update, s.set_size, s.radius_pool)
                 if votes is not None:
                     votes.forget_except(set(gate.names))  # renamed, merged or deleted classes
                 stage.log.info("applied class update %d: %d classes", update.version, len(gate))

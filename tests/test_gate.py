@@ -36,6 +36,22 @@ def test_classify_by_hand():
     assert distance[3] == pytest.approx(math.hypot(20, 20), rel=1e-5)  # nearest centroid, b
 
 
+def test_pooled_radii_by_hand():
+    gate = Gate.empty(2)
+    for i, r in enumerate((1.0, 2.0, 4.0)):
+        gate.add(f"c{i}", np.array([10.0 * i, 0], np.float32), r, 5)
+    np.testing.assert_allclose(gate.effective_radii(), [1.0, 2.0, 4.0])  # the paper's gate: pool 0
+    point = np.array([[1.2, 0], [23.5, 0]], np.float32)  # 1.2 from c0 (R 1), 3.5 from c2 (R 4)
+    assert gate.labels(gate.classify(point)[0]) == [UNSEEN, "c2"]
+    gate.pool = 0.5  # each radius halfway to the median radius 2
+    np.testing.assert_allclose(gate.effective_radii(), [1.5, 2.0, 3.0])
+    assert gate.labels(gate.classify(point)[0]) == ["c0", UNSEEN]
+    assert gate.radii.tolist() == [1.0, 2.0, 4.0]  # the classes' own radii are kept as they are
+    gate.pool = 1.5
+    with pytest.raises(ValueError, match="radius pool"):
+        gate.classify(point)
+
+
 def test_empty_gate_calls_everything_unseen():
     index, distance = Gate.empty(4).classify(normalize(np.ones((3, 4))))
     assert (index == -1).all() and np.isinf(distance).all()
@@ -127,8 +143,11 @@ def test_classify_equals_the_direct_computation(k, dim, set_size, shuffle):
         gate.radii[-1] = np.linalg.norm(x[1:2, None] - gate.centroids[None, -1:], axis=2)[0, 0]  # exactly on a radius
         if trial % 5 == 0:
             gate.radii[:] = trial % 2 * 10.0  # everything outside / everything inside
+        gate.pool = (0.0, 0.5)[trial % 2 if trial % 5 else 0]  # pooled radii: the same rule on other radii
+        if gate.pool:
+            x[1] = gate.centroids[-1] + (x[1] - gate.centroids[-1]) * gate.effective_radii()[-1] / gate.radii[-1]
         index, distance = gate.classify(x)
-        want_index, want_distance = direct(gate.centroids, gate.radii, gate.set_ids, x)
+        want_index, want_distance = direct(gate.centroids, gate.effective_radii(), gate.set_ids, x)
         np.testing.assert_array_equal(index, want_index)
         np.testing.assert_array_equal(distance, want_distance)  # bit for bit
         assert distance.dtype == np.float32 and index.dtype == np.int64
