@@ -11,7 +11,10 @@ the kNN graph of models.knn), beside one plain igraph community_leiden run on th
 (the same objective, a faster implementation). Today's is
 deduplicate (0.95) + knn_components (k 10, similarity 0.6), frozen in benchmarks/baseline/kch_v1.py;
 a baseline size projected (quadratic in rows) above --budget seconds is not run, and its projection is
-printed marked "~". Gate: per frame of 20 boxes, 1280-d, Gate.classify vs benchmarks/baseline/sddc_v1.py.
+printed marked "~". Gate: per frame of 20 boxes, 1280-d, Gate.classify vs benchmarks/baseline/sddc_v1.py and
+one bare matrix product of the same sizes. Round (--round-sizes): one whole models.discovery.discover round
+on a buffer of tracked objects (3 views each) beside the same round with the kNN search and graph edges
+as they were before the scale pass (benchmarks/baseline/knn_v1.py, np.unique edges).
 Times are wall seconds (and CPU seconds over all threads), median of repeats; the machine's load
 average is printed with them. On a shared machine --threads 1 gives the steadiest figures: CPU
 seconds then approximate wall seconds on an idle core.
@@ -28,8 +31,9 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.baseline import kch_v1, sddc_v1  # noqa: E402
-from models.discovery import DiscoveryRules, communities  # noqa: E402
+from benchmarks.baseline import kch_v1, knn_v1, sddc_v1  # noqa: E402
+from models import discovery  # noqa: E402
+from models.discovery import DiscoveryRules, UnseenBuffer, communities, discover  # noqa: E402
 from models.knn import knn  # noqa: E402
 from models.sddc import Gate, normalize  # noqa: E402
 
@@ -148,20 +152,68 @@ def gate_of(classes: int, dim: int, rng: np.random.Generator) -> tuple[Gate, np.
 
 
 def bench_gate(class_counts: list[int], dim: int = 1280) -> None:
-    print(f"\n## Gate.classify, one frame of 20 boxes, {dim}-d, ms: median (best)")
-    print("| classes | new | today | same result |")
-    print("|---|---|---|---|")
+    print(f"\n## Gate.classify, one frame of 20 boxes, {dim}-d, ms: wall median (best) / CPU median")
+    print("| classes | new | today | one bare product | same result | load average |")
+    print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for k in class_counts:
         gate, boxes = gate_of(k, dim, rng)
         reps = 3 if k >= 1000 else 30
         new, old = gate.classify(boxes), sddc_v1.classify(gate.centroids, gate.radii, gate.set_ids, boxes)
         same = np.array_equal(new[0], old[0]) and np.array_equal(new[1], old[1])
-        t_new = [timed(gate.classify, boxes, repeats=30, best=b)[0] for b in (False, True)]
-        t_old = [timed(sddc_v1.classify, gate.centroids, gate.radii, gate.set_ids, boxes, repeats=reps, best=b)[0]
-                 for b in (False, True)]  # wall
-        print(f"| {k} | {1e3 * t_new[0]:.1f} ({1e3 * t_new[1]:.1f}) | {1e3 * t_old[0]:.1f} ({1e3 * t_old[1]:.1f}) "
-              f"| {same} |", flush=True)
+        new = [timed(gate.classify, boxes, repeats=30, best=b)[:2] for b in (False, True)]
+        old = [timed(sddc_v1.classify, gate.centroids, gate.radii, gate.set_ids, boxes, repeats=reps, best=b)[:2]
+               for b in (False, True)]
+        bare = [timed(np.matmul, gate.centroids, boxes.T, repeats=30, best=b)[:2] for b in (False, True)]
+        cell = [f"{1e3 * t[0][0]:.1f} ({1e3 * t[1][0]:.1f}) / {1e3 * t[0][1]:.1f}" for t in (new, old, bare)]
+        print(f"| {k} | {' | '.join(cell)} | {same} | {os.getloadavg()[0]:.1f} |", flush=True)
+
+
+def unique_edges(nbrs: np.ndarray) -> np.ndarray:
+    """The graph's edges as built before the scale pass (np.unique on pair keys)."""
+    n = len(nbrs)
+    rows, cols = np.repeat(np.arange(n), nbrs.shape[1]), nbrs.ravel()
+    ok = (cols >= 0) & (cols != rows)
+    edges = np.unique(np.minimum(rows[ok], cols[ok]) * n + np.maximum(rows[ok], cols[ok]))
+    return np.stack([edges // n, edges % n], axis=1)
+
+
+def one_round(x: np.ndarray, before: bool) -> tuple[float, float, int]:
+    """Wall and CPU seconds of one discover round on x as tracked objects of 3 views; classes made.
+    before: with the kNN search and edge build as they were before the scale pass."""
+    tracks = np.arange(len(x)) // 3
+    buffer = UnseenBuffer(len(x), per_track=3)
+    buffer.add(x, tracks)
+    buffer.embeddings  # built outside the timing
+    saved = discovery.knn, discovery._edges
+    if before:
+        discovery.knn, discovery._edges = knn_v1.knn, unique_edges
+    try:
+        t, c, out = timed(discover, Gate.empty(x.shape[1]), buffer, RULES, 0.75)
+    finally:
+        discovery.knn, discovery._edges = saved
+    return t, c, len(out.new)
+
+
+def views(base: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
+    """n rows: each row of base (one object) seen 3 times, each view a little noise away."""
+    rng = np.random.default_rng(seed)
+    objects = base[:(n + 2) // 3]
+    x = np.repeat(objects, 3, axis=0)[:n]
+    return normalize(x + 0.1 / np.sqrt(x.shape[1]) * rng.normal(size=x.shape))
+
+
+def bench_round(sizes: list[int], dims: list[int], embeddings: Path) -> None:
+    print("\n## One discover round (empty gate; rows = objects of 3 views), seconds wall / CPU (new classes)")
+    print("| rows | dim | ours | before the scale pass | load average |")
+    print("|---|---|---|---|---|")
+    for dim in dims:
+        for n in sizes:
+            base = real_rows(embeddings, n, dim) if embeddings.exists() else blob_rows(n, dim)
+            x = views(base, n)
+            ours, before = one_round(x, False), one_round(x, True)
+            print(f"| {n} | {dim} | {ours[0]:.2f} / {ours[1]:.2f} ({ours[2]}) | {before[0]:.2f} / {before[1]:.2f} "
+                  f"({before[2]}) | {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -173,6 +225,7 @@ def main() -> None:
     p.add_argument("--embeddings", type=Path, default=Path("/work/data/eval0/embeddings-efficientnet_lite0-128.npz"))
     p.add_argument("--lead-max", type=int, default=10**9, help="rows above which A (leidenalg) is not run")
     p.add_argument("--threads", type=int, default=0, help="faiss and BLAS threads (0: leave as set)")
+    p.add_argument("--round-sizes", default="", help="rows of the whole-round comparison, e.g. 10000,100000")
     a = p.parse_args()
     if a.threads:
         from threadpoolctl import threadpool_limits
@@ -183,7 +236,11 @@ def main() -> None:
           f"load average at start {os.getloadavg()[0]:.1f}")
     if a.classes:
         bench_gate([int(v) for v in a.classes.split(",")])
-    bench_clustering([int(v) for v in a.sizes.split(",")], [int(v) for v in a.dims.split(",")], a.budget, a.embeddings, a.lead_max)
+    if a.round_sizes:
+        bench_round([int(v) for v in a.round_sizes.split(",")], [int(v) for v in a.dims.split(",")], a.embeddings)
+    if a.sizes:
+        bench_clustering([int(v) for v in a.sizes.split(",")], [int(v) for v in a.dims.split(",")], a.budget,
+                         a.embeddings, a.lead_max)
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
 
 

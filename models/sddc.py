@@ -61,6 +61,8 @@ class Gate:
     # 0 (the default) is the paper's per-class radius.
     # A setting, not memory: not saved with the classes.
     pool: float = 0.0
+    # (centroids, a copy of set_ids, squared centroid norms, slot grid) while the classes are unchanged; see _layout
+    _cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if len(self.discovered) < len(self.names):  # classes of an older memory file: novel-N were discovered
@@ -98,6 +100,7 @@ class Gate:
         """Class i absorbs more members; centroid and radius are recomputed from the newest `keep`."""
         pool = np.vstack([self.members[i], members])[-keep:] if len(self.members[i]) else members[-keep:]
         centroid, radius = centroid_and_radius(pool, alpha)
+        self._edit()
         self.centroids[i], self.radii[i] = centroid, radius
         self.sizes[i] += len(members)
         self.members[i] = pool.astype(np.float32)
@@ -141,6 +144,7 @@ class Gate:
             self.sizes[j] += self.sizes[i] - len(self.members[i])
         else:
             w = self.sizes[[i, j]].astype(np.float32)
+            self._edit()
             self.centroids[j] = (w[0] * self.centroids[i] + w[1] * self.centroids[j]) / max(w.sum(), 1.0)
             self.radii[j] = max(self.radii[i], self.radii[j])
             self.sizes[j] += self.sizes[i]
@@ -155,56 +159,95 @@ class Gate:
         """embeddings: (N, D) normalized -> (class index (N,) int64, -1 = unseen; distance (N,) float32
         to the winning centroid, or to the nearest centroid overall when unseen; inf with no classes).
 
-        Distances are float32. A matrix product gives them all up to a rounding bound; those that can
+        Distances are float32. One matrix product gives them all up to a rounding bound; those that can
         decide a label (near their set's minimum and their radius, or near the overall minimum) are
         recomputed as ||e - c||, so the result is exactly that of computing every ||e - c||."""
         n, k = len(embeddings), len(self)
         if k == 0 or n == 0:
             return np.full(n, -1, np.int64), np.full(n, np.inf, np.float32)
         e = np.ascontiguousarray(embeddings, np.float32)
-        sq, bound = _squared_distances(e, self.centroids)  # (N, K + 1) last column padding, (N, 1)
-        grid = _set_grid(self.set_ids)  # (S, W) class per set and slot, K pads
-        a, tol = sq[:, grid], bound[:, :, None]  # (N, S, W), (N, 1, 1)
-        near = a <= a.min(axis=2, keepdims=True) + 2 * tol  # may be its set's nearest
-        radii = self.effective_radii()
-        radii2 = np.append(radii ** 2, np.float32(-1))[grid]  # (S, W)
-        relevant = (near & (a <= radii2 + tol)).any(axis=2)  # (N, S) sets whose nearest may be inside
-        exact = sq <= sq.min(axis=1, keepdims=True) + 2 * bound  # may be nearest overall
-        r, s, w = np.nonzero(near & relevant[:, :, None])
-        exact[r, grid[s, w]] = True
-        rows, cols = np.nonzero(exact[:, :k])
-        d = np.full((n, k + 1), np.inf, np.float32)  # exact where it matters, inf elsewhere
-        d[rows, cols] = np.linalg.norm(e[rows] - self.centroids[cols], axis=1)
-        slot = d[:, grid].argmin(axis=2)  # (N, S) each set's nearest, the lowest index on ties
-        nearest = grid[np.arange(len(grid)), slot]  # (N, S) class index
-        nd = np.take_along_axis(d, nearest, axis=1)  # (N, S)
-        inside = relevant & (nd <= radii[nearest])
-        win = np.argmin(np.where(inside, nd, np.inf), axis=1)  # nearest inside; the first set on ties
-        at = np.arange(n)
-        seen = inside[at, win]
-        best = np.where(seen, nearest[at, win], -1).astype(np.int64)
-        return best, np.where(seen, nd[at, win], d.min(axis=1)).astype(np.float32)
+        norms, slots = self._layout()  # (K,) squared centroid norms; (W, S) class per slot and set, K pads
+        radii = self.effective_radii()  # (K,) the classes' own radii unless pooled
+        radii2 = np.append(radii ** 2, np.float32(-1))[slots]  # (W, S)
+        sq, tol = _squared_distances(e, self.centroids, norms)  # (K + 1, N) last row inf, (N,)
+        a = sq[slots]  # (W, S, N) every class once, pads inf
+        amin = a.min(axis=0)  # (S, N) each set's least
+        lowest = amin.min(axis=0)  # (N,) the least overall
+        # only sets whose nearest may lie inside its radius, or that may hold the nearest overall, matter
+        s_i, n_i = np.nonzero((amin <= radii2.max(axis=0)[:, None] + tol) | (amin <= lowest + 2 * tol))  # (P,) each
+        sub, t = a[:, s_i, n_i], tol[n_i]  # (W, P), (P,)
+        near = sub <= amin[s_i, n_i] + 2 * t  # may be its set's nearest
+        relevant = (near & (sub <= radii2[:, s_i] + t)).any(axis=0)  # (P,) the set's nearest may be inside
+        candidate = near & relevant
+        w_i, p_i = np.nonzero(candidate | (sub <= lowest[n_i] + 2 * t))  # ... or may be nearest overall
+        cls, rows = slots[w_i, s_i[p_i]], n_i[p_i]
+        dist = np.linalg.norm(e[rows] - self.centroids[cls], axis=1)  # exact, as ||e - c|| everywhere
+        overall = np.full(n, np.inf, np.float32)
+        np.minimum.at(overall, rows, dist)
+        # per (set, row) pair: the set's nearest class (the lowest index on ties); does it hold the row?
+        pick = candidate[w_i, p_i]
+        cls, dist, p_i, w_i = cls[pick], dist[pick], p_i[pick], w_i[pick]
+        first = _least_per_group(p_i, dist, w_i)
+        cls, dist, p_i = cls[first], dist[first], p_i[first]
+        holds = dist <= radii[cls]
+        cls, dist, p_i = cls[holds], dist[holds], p_i[holds]
+        # per row: the nearest class that holds it (the first set on ties)
+        first = _least_per_group(n_i[p_i], dist, s_i[p_i])
+        best = np.full(n, -1, np.int64)
+        best[n_i[p_i[first]]] = cls[first]
+        overall[n_i[p_i[first]]] = dist[first]
+        return best, overall
+
+    def _layout(self) -> tuple[np.ndarray, np.ndarray]:
+        """Squared centroid norms (K,) and the slot grid (W, S) of `_set_grid`, kept while the classes
+        are unchanged. Reading the centroids again costs as much as the product, so while the norms are
+        kept the centroids are read-only: an edit from outside the class methods fails loudly instead of
+        leaving them stale. set_ids are cheap to compare and stay writeable."""
+        cache = self._cache
+        if cache is None or cache[0] is not self.centroids or not np.array_equal(cache[1], self.set_ids):
+            c = self.centroids
+            cache = self._cache = (c, self.set_ids.copy(), np.einsum("ij,ij->i", c, c), _set_grid(self.set_ids).T.copy())
+            c.flags.writeable = False
+        return cache[2], cache[3]
+
+    def _edit(self) -> None:
+        """Before an in-place change of the centroids: drops the kept norms and makes them writeable."""
+        self._cache = None
+        if not self.centroids.flags.writeable:
+            try:
+                self.centroids.flags.writeable = True
+            except ValueError:  # a view of read-only memory we do not own
+                self.centroids = self.centroids.copy()
 
     def labels(self, index: np.ndarray) -> list[str]:
         return [self.names[i] if i >= 0 else UNSEEN for i in index]
 
 
-def _squared_distances(e: np.ndarray, c: np.ndarray, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """e (N, D), c (K, D) float32 -> ||e - c||^2 (N, K + 1) from a matrix product, the last column inf
-    (padding), and (N, 1) a bound on its float32 rounding error with a wide margin (about 5x).
-    Centroids are read once, block by block, for both the product and their norms."""
+def _squared_distances(e: np.ndarray, c: np.ndarray, cc: np.ndarray, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """e (N, D), c (K, D) float32, cc (K,) their squared norms -> ||e - c||^2 (K + 1, N) from a matrix
+    product, the last row inf (padding), and (N,) a bound on its float32 rounding error with a wide
+    margin (about 5x). The product runs block by block (measured ~15 % faster than one call at
+    10^4 x 1280) and each block is completed while it is in cache."""
     k, eps = len(c), np.finfo(np.float32).eps
     out = np.empty((k + 1, len(e)), np.float32)
     out[k] = np.inf
-    m, cmax = -2 * e.T, np.float32(0)  # (D, N); scaling by -2 is exact
-    for s in range(0, k, block):
-        part = slice(s, min(s + block, k))
-        cc = np.einsum("ij,ij->i", c[part], c[part])
-        np.matmul(c[part], m, out=out[part])
-        out[part] += cc[:, None]
-        cmax = max(cmax, cc.max())
+    m = -2 * e.T  # (D, N); scaling by -2 is exact
     ee = np.einsum("ij,ij->i", e, e)
-    return np.add(out.T, ee[:, None], order="C"), (16 * e.shape[1] * eps * (ee + cmax))[:, None]
+    for s in range(0, k, block):
+        part = out[s:min(s + block, k)]
+        np.matmul(c[s:s + block], m, out=part)
+        part += cc[s:s + block, None]
+        part += ee
+    return out, 16 * e.shape[1] * eps * (ee + cc.max())
+
+
+def _least_per_group(group: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """Index of each group's least element, comparing `keys` in turn (groups in increasing order)."""
+    if len(group) == 0:
+        return np.zeros(0, np.int64)
+    order = np.lexsort(keys[::-1] + (group,))
+    g = group[order]
+    return order[np.r_[True, g[1:] != g[:-1]]]
 
 
 def _set_grid(set_ids: np.ndarray) -> np.ndarray:

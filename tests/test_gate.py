@@ -151,3 +151,42 @@ def test_classify_equals_the_direct_computation(k, dim, set_size, shuffle):
         np.testing.assert_array_equal(index, want_index)
         np.testing.assert_array_equal(distance, want_distance)  # bit for bit
         assert distance.dtype == np.float32 and index.dtype == np.int64
+
+
+def test_classify_follows_every_class_change():
+    # the gate keeps centroid norms between calls; each change must show in the next answer
+    from benchmarks.baseline.sddc_v1 import classify as direct
+    rng = np.random.default_rng(7)
+    gate = random_gate(rng, 30, 32, 4)
+    x = normalize(gate.centroids[rng.integers(0, 30, 40)] + 0.3 * rng.normal(size=(40, 32)))
+
+    def same():
+        got, want = gate.classify(x), direct(gate.centroids, gate.radii, gate.set_ids, x)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+    same()
+    gate.grow(3, normalize(x[:5] + 0.01), 0.75, 256)
+    same()
+    gate.merge("c5", "c6", 0.75, 256)
+    same()
+    gate.members[7] = np.zeros((0, 32), np.float32)  # no members: merge moves the centroid in place
+    gate.merge("c8", "c7", 0.75, 256)
+    same()
+    gate.add_members("new", normalize(x[10:14]), 0.75)
+    same()
+    gate.remove("c0")
+    same()
+    rng.shuffle(gate.set_ids)  # in place
+    same()
+    gate.radii[:] = 10.0  # in place: everything inside
+    same()
+
+
+def test_centroids_cannot_be_edited_behind_the_gates_back():
+    gate = random_gate(np.random.default_rng(3), 10, 8, 7)
+    gate.classify(gate.centroids[:2].copy())
+    with pytest.raises(ValueError, match="read-only"):
+        gate.centroids[0] = 0.0  # would leave the kept norms stale
+    gate.grow(0, gate.centroids[:1].copy(), 0.75, 256)  # the class methods may
+    assert gate.classify(gate.centroids[:1].copy())[0].tolist() == [0]

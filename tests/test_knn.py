@@ -74,3 +74,25 @@ def test_approximate_path_is_deterministic_per_seed():
 def test_k_must_be_positive():
     with pytest.raises(ValueError, match="k must be"):
         knn(blobs(5, 4, 1, 0.1), 0)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_columns_are_each_rows_largest(ties):
+    from models.knn import _top_columns
+    rng = np.random.default_rng(4)
+    sims = rng.normal(size=(30, 50)).astype(np.float32)
+    if ties:
+        sims = np.round(sims, 1)  # many equal values at the cut
+    top = _top_columns(sims, 7)
+    assert top.shape == (30, 7)
+    for row, cols in zip(sims, top):
+        assert len(set(cols)) == 7
+        np.testing.assert_array_equal(np.sort(row[cols]), np.sort(row)[-7:])  # the 7 largest values
+    assert _top_columns(sims[:, :5], 7).shape == (30, 5)  # fewer columns than asked: all of them
+
+
+def test_graph_edges_are_each_undirected_pair_once():
+    from models.discovery import _edges
+    nbrs = np.array([[1, 2], [0, -1], [1, 2], [3, 3]])  # 0-1 both ways, 2-2 and 3-3 self, -1 none
+    np.testing.assert_array_equal(_edges(nbrs), [[0, 1], [0, 2], [1, 2]])
+    assert _edges(np.full((4, 2), -1)).shape == (0, 2)
