@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from owd.errors import OwdError
+
 UNSEEN = "unseen"
 MEMORY_FORMAT = 1
 # Class names become folder names and travel in events and commands: ASCII letters, digits, '-', '_'.
@@ -249,7 +251,7 @@ def load_gate(path: str | Path) -> Gate:
     return gate
 
 
-class MemoryFileError(ValueError):
+class MemoryFileError(OwdError, ValueError):
     """A class memory file that cannot be used; the message says what is wrong with it."""
 
 
