@@ -106,17 +106,14 @@ def absolute(settings: Settings, cwd: Path) -> Settings:
 
 
 def fresh_run_folder(parent: Path, name: str) -> Path:
-    """runs/NAME, else runs/NAME2, runs/NAME3, … (Ultralytics' convention); created, never reused."""
+    """runs/NAME, else runs/NAME2, runs/NAME3, … (Ultralytics' convention): the first that does not
+    exist yet. Not created here: a run refused by check() leaves no empty folder behind."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise ConfigError(f"--name {name!r}: use 1-64 letters, digits, '.', '-', '_'")
-    parent.mkdir(parents=True, exist_ok=True)
     for i in range(1, 100000):
         folder = parent / (name if i == 1 else f"{name}{i}")
-        try:
-            folder.mkdir()
+        if not folder.exists():
             return folder
-        except FileExistsError:
-            continue
     raise ConfigError(f"{parent} holds too many runs named {name!r}; choose another --name")
 
 
@@ -223,3 +220,9 @@ def run(args: argparse.Namespace) -> int:
         return code
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+        for path in (settings.sink.events, settings.sink.save):  # a default run folder that got nothing
+            if path and Path(path).parent.parent == Path.cwd() / "runs":
+                try:
+                    Path(path).parent.rmdir()
+                except OSError:
+                    pass  # not empty: the run's outputs

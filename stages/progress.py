@@ -111,7 +111,7 @@ class Progress:
 
     def finish(self, code: int, out=None) -> None:
         """Closes the bar and prints the summary table (stdout) unless a stage refused its input (2)."""
-        self.read_at = 0.0
+        self.read_at = self.line_at = 0.0  # the final count, whatever the intervals
         self.tick()
         if self.bar is not None:
             self.bar.close()
