@@ -1,6 +1,7 @@
 """What the person at the terminal sees of a run: a progress bar (file mode) or a status line every few seconds (live), and the summary at the end."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -32,6 +33,13 @@ def count_frames(source: str, max_frames: int = 0) -> int | None:
     return min(total, max_frames) if max_frames else total
 
 
+def _columns(stream) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 80  # a terminal-like object without a descriptor (tests)
+
+
 def _duration(seconds: float) -> str:
     minutes, s = divmod(int(round(seconds)), 60)
     return f"{minutes} min {s} s" if minutes else f"{seconds:.1f} s"
@@ -53,7 +61,7 @@ class Progress:
         self.settings, self.total = settings, total
         self.stream = stream or sys.stderr
         self.live = total is None or settings.capture.mode == "live"
-        self.tty = self.stream.isatty()
+        self.tty = self.stream.isatty() and _columns(self.stream) > 0  # a bar needs a width (a bare pty has none)
         self.started = time.monotonic()
         self.read_at = self.line_at = 0.0
         self.status: dict = {}
