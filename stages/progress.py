@@ -64,6 +64,7 @@ class Progress:
         self.tty = self.stream.isatty() and _columns(self.stream) > 0  # a bar needs a width (a bare pty has none)
         self.started = time.monotonic()
         self.read_at = self.line_at = 0.0
+        self.line_frames, self.line_t = 0, self.started  # the rate of a status line: since the one before
         self.status: dict = {}
         self.bar = None
         self.stopping_said = False
@@ -94,10 +95,12 @@ class Progress:
             self.bar.update(frames - self.bar.n)
             return
         if now - self.line_at >= LINE_EVERY_S:
-            self.line_at = now
+            rate = (frames - self.line_frames) / max(now - self.line_t, 1e-9)  # since the last line
+            self.line_at = self.line_t = now
+            self.line_frames = frames
             elapsed = now - self.started
             done = f"{frames}/{self.total}" if self.total and not self.live else f"{frames}"
-            state = f"{done} frames, {frames / elapsed:.1f} fps" if frames else "loading models…"
+            state = f"{done} frames, {rate:.1f} fps" if frames else "loading models…"
             self._say(f"owd: {state}, classes {classes}, drops {drops}, {_duration(elapsed)}")
 
     def stopping(self) -> None:
