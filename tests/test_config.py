@@ -99,7 +99,7 @@ def test_unreadable_config_files(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), *args], capture_output=True, text=True,
-                          timeout=120, cwd=tempfile.gettempdir())  # the test's own: a run may make runs/ there
+                          timeout=600, cwd=tempfile.gettempdir())  # the test's own: a run may make runs/ there
 
 
 @pytest.mark.parametrize("args, words", [
