@@ -22,7 +22,7 @@ TINY = {
     "bench_restart.py": ["--stage", "gate", "--at", "3", "--source", BIKES, "--set", "capture.max_frames=12"],
     "bench_student.py": ["--crops", "2", "--seconds", "0.1", "--threads", "1"],
     "bench_transport.py": ["--frames", "20"],
-    "replay_clustering.py": ["--source", BIKES, "--cache", "{tmp}/replay.npz"],
+    "replay_clustering.py": ["--source", BIKES, "--cache", "{tmp}/replay.npz", "--max-frames", "30", "--period", "10"],
     "soak_live.py": ["--video", BIKES, "--duration", "6", "--warmup", "2", "--baseline-fps", "0"],
 }
 NOT_RUN = {  # name -> why there is no tiny run (the import test still covers it)
