@@ -20,6 +20,7 @@ from eval_plots import line_plot
 from models.discovery import DiscoveryRules, UnseenBuffer, discover
 from models.registry import EMBEDDERS, ModelError
 from models.sddc import RADIUS_POOL, Gate, normalize
+from owd.errors import OwdError
 from stages.config import ConfigError, load
 from stream.sources import IMAGE_SUFFIXES
 
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 
 
-class EvalError(Exception):
+class EvalError(OwdError):
     """Input the evaluator cannot use; the message says what to do. The CLI prints it and exits 2."""
 
 

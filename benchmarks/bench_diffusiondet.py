@@ -23,7 +23,7 @@ from torchvision.ops import box_iou
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.diffusiondet import DiffusionDet  # noqa: E402
 from models.diffusiondet_weights import CHECKPOINTS, cache_dir  # noqa: E402
-from models.precision import cpu_has_bf16  # noqa: E402
+from models.precision import cpu_bf16  # noqa: E402
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"  # Debian/Ubuntu package opencv-doc
 
@@ -128,7 +128,7 @@ def main() -> None:
     print(f"DiffusionDet R50, {kind}")
     print(f"frames: {source}, {frames[0].shape[1]}x{frames[0].shape[0]} -> min side {args.min_size} "
           f"(max {args.max_size}); {args.proposals} proposals")
-    print(f"machine: {cpu}, {torch.get_num_threads()} threads, bf16 native: {cpu_has_bf16()}, "
+    print(f"machine: {cpu}, {torch.get_num_threads()} threads, bf16 native: {cpu_bf16()}, "
           f"torch {torch.__version__}, load average at start {os.getloadavg()[0]:.1f}")
     noise = torch.randn(max(batches), args.proposals, 4, generator=torch.Generator().manual_seed(0))
 

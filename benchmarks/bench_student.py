@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from models.crops import crops_to_batch  # noqa: E402
-from models.precision import autocast, cpu_has_bf16  # noqa: E402
+from models.precision import autocast, cpu_bf16  # noqa: E402
 from models.student import IMAGENET_MEAN, IMAGENET_STD, Student, cache_dir, dino_pos_embed  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def main() -> int:
     crops = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
 
     print(f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, "
-          f"cpu bf16: {cpu_has_bf16()}, load avg {os.getloadavg()[0]:.2f}")
+          f"cpu bf16: {cpu_bf16()}, load avg {os.getloadavg()[0]:.2f}")
     print(f"weights: {weights if official else 'RANDOM (no official S/16 file cached; speed does not depend on them)'}")
     print(f"batch of {args.crops} BGR crops 40-200 px; crops/s (higher is better)\n")
     print(f"{'size':>5} {'prec':>5} | {'owd embed()':>12} {'owd features':>13} {'timm forward':>13} | features/timm")

@@ -39,13 +39,13 @@ from stream.messages import Frame, FrameEmbeddings  # noqa: E402
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
 
-def compute(settings, source: str, cache: Path) -> None:
+def compute(settings, source: str, cache: Path, max_frames: int = 0) -> None:
     d, e = settings.detect, settings.embed
     det = DETECTORS.create(d.model, weights=d.weights, device=d.device, **d.options)
     emb = EMBEDDERS.create(e.model, weights=e.weights, device=e.device, **e.options)
     cap = cv2.VideoCapture(source)
     rows = []
-    while True:
+    while not max_frames or len(rows) < max_frames:
         ok, image = cap.read()
         if not ok:
             break
@@ -94,12 +94,13 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     p.add_argument("--cache", default=str(ROOT / "out" / "replay.npz"))
     p.add_argument("--period", type=int, default=25, help="frames between clustering runs")
+    p.add_argument("--max-frames", type=int, default=0, help="first N frames only (0: all; a new --cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", help="ClusterSettings values to sweep")
     args = p.parse_args()
     settings = load(args.config)
     cache = Path(args.cache)
     if not cache.exists():
-        compute(settings, args.source, cache)
+        compute(settings, args.source, cache, args.max_frames)
     data = dict(np.load(cache))
     grid = {k: [type(getattr(settings.cluster, k))(v) for v in vals.split(",")]
             for k, _, vals in (item.partition("=") for item in args.set)}

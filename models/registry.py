@@ -4,8 +4,10 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from owd.errors import OwdError
 
-class ModelError(Exception):
+
+class ModelError(OwdError):
     """A model cannot be built: unknown name, bad option, missing or mismatched weights.
 
     The message says what to do; the CLI prints it as one line and exits 2.

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from owd.errors import OwdError
+
 UNSEEN = "unseen"
 MEMORY_FORMAT = 1
 RADIUS_POOL = 0.0  # default of gate.radius_pool: the paper's per-class radii (docs/evaluation.md, "Gate calibration")
@@ -307,7 +309,7 @@ def load_gate(path: str | Path) -> Gate:
     return gate
 
 
-class MemoryFileError(ValueError):
+class MemoryFileError(OwdError, ValueError):
     """A class memory file that cannot be used; the message says what is wrong with it."""
 
 

@@ -128,7 +128,8 @@ class Student(VisionTransformer):
 def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"checkpoint {path} not found; pass the path of a DINO .pth file (--weights PATH)")
+        raise ModelError(f"checkpoint {path} not found; pass the path of a DINO .pth file "
+                         "(owd run: --embedder-weights PATH; owd train-student: --init PATH)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors of many kinds; weights_only refuses arbitrary objects
@@ -202,7 +203,7 @@ def fetch_official(arch: str) -> Path:
         errors.append(f"timm {a.timm_name}.dino: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     raise ModelError(f"official DINO weights for {arch} are not cached and could not be downloaded "
                      f"({'; '.join(errors)}); download {url} on a machine with network and place it at {path}, "
-                     "or pass weights=PATH (--weights PATH)")
+                     "or pass its path (owd run: --embedder-weights PATH; owd train-student: --init PATH)")
 
 
 def build(arch: str, weights: str | None, device: str, precision: str, input_size: int, batch_size: int,

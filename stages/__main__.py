@@ -19,11 +19,9 @@ def main(argv: list[str]) -> int:
     import importlib
     import logging
 
-    from models.registry import ModelError
-    from models.sddc import MemoryFileError
-    from stages.config import ConfigError, Settings
+    from owd.errors import OwdError
+    from stages.config import Settings
     from stages.process import StageProcess
-    from stream.sources import SourceError
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name:>7} %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every SIMD variant it tries
@@ -38,7 +36,7 @@ def main(argv: list[str]) -> int:
         if code == 0:
             finished()
         return code
-    except (SourceError, ModelError, ConfigError, MemoryFileError, OSError) as exc:
+    except (OwdError, OSError) as exc:  # what the user can fix: one line, exit 2
         print(f"owd {name}: {exc}", file=sys.stderr)
         return 2
 

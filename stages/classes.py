@@ -34,8 +34,8 @@ def request(endpoint: str, cmd: str, args: list[str], timeout_ms: int = 3000,
         ctx.term()
 
 
-def main(argv: list[str], alpha: float = 0.75, keep: int = 256) -> int:
-    p = argparse.ArgumentParser(prog="run_pipeline.py classes", description=__doc__)
+def main(argv: list[str], alpha: float = 0.75, keep: int = 256, prog: str = "owd classes") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("cmd", choices=sorted(COMMANDS))
     p.add_argument("names", nargs="*")
     p.add_argument("--memory", required=True, help="class memory file (the pipeline's --memory)")

@@ -74,7 +74,7 @@ def run(stage: StageProcess) -> int:
     msg = None
     while not isinstance(msg, EndOfStream):
         ready = dict(poller.poll(200))
-        if control in ready:  # rename / merge / delete / list from `run_pipeline.py classes`
+        if control in ready:  # rename / merge / delete / list from `owd classes`
             reply, event = handle(control.recv(), gate, g.alpha, s.max_members, crops_dir)
             control.send_json(reply)
             if event is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import types
 import typing
@@ -11,8 +12,10 @@ from typing import Any, Literal
 
 import yaml
 
+from owd.errors import OwdError
 
-class ConfigError(ValueError):
+
+class ConfigError(OwdError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
@@ -108,6 +111,9 @@ class SinkSettings:
     save: str | None = None      # annotated video path (.mp4/.avi)
     headless: bool = False       # no window
     window: str = "owd"
+    append: bool = True          # append to an existing events log (`--overwrite`: truncate it first)
+    run_id: str | None = None    # stamped on every record as "run"; the CLI makes a fresh one per run
+    status: str | None = None    # set by the CLI: a JSON file of the run's counts that its progress bar reads
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ class TransportSettings:
     hwm: int = field(default=8, metadata=at_least(1))  # queued per socket before PUSH blocks (file) or drops (live)
     shutdown_timeout_s: float = field(default=20.0, metadata=above(0))  # a drain with no frame committed for this
     #                                                               long gives up (lost ones are reported)
-    keys: str | None = None      # folder from `run_pipeline.py keys --out DIR`: CurveZMQ for every tcp endpoint
+    keys: str | None = None      # folder from `owd keys --out DIR`: CurveZMQ for every tcp endpoint
     insecure_tcp: bool = False   # allow tcp endpoints without keys: anyone reaching a port can read and inject
     stall_timeout_s: float = field(default=20.0, metadata=above(0))  # a stage silent this long is restarted
     restart_limit: int = field(default=5, metadata=at_least(0))      # restarts per stage before the run fails
@@ -146,6 +152,15 @@ class Settings:
         if self.cluster.crops_dir:
             return Path(self.cluster.crops_dir)
         return memory_crops(self.gate.memory) if self.gate.memory else None
+
+    def digest(self) -> str:
+        """Of the settings that decide results: not where outputs go, endpoints or the run's identity."""
+        data = dataclasses.asdict(self)
+        for key in ("events", "save", "headless", "window", "append", "run_id", "status"):
+            data["sink"].pop(key)
+        data["gate"].pop("memory")
+        data["transport"].pop("endpoints")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -202,7 +217,7 @@ def _check_transport(t: TransportSettings) -> None:
         if not address.startswith(("ipc://", "tcp://")) or address.startswith("ipc://@"):  # @: no file, no permissions
             raise ConfigError(f"{where} must be ipc://PATH or tcp://HOST:PORT, got {address!r}")
         if address.startswith("tcp://") and not t.keys and not t.insecure_tcp:
-            raise ConfigError(f"{where} is tcp but 'transport.keys' is unset: make keys with `run_pipeline.py keys "
+            raise ConfigError(f"{where} is tcp but 'transport.keys' is unset: make keys with `owd keys "
                               f"--out DIR` and set transport.keys=DIR (or transport.insecure_tcp=true)")
 
 

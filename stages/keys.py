@@ -1,4 +1,4 @@
-"""CurveZMQ keys of a run: which key pair each stage's tcp socket uses, and `run_pipeline.py keys`, which makes them."""
+"""CurveZMQ keys of a run: which key pair each stage's tcp socket uses, and `owd keys`, which makes them."""
 from __future__ import annotations
 
 import argparse
@@ -29,7 +29,7 @@ def socket_curve(settings: Settings, owner: str, endpoint: str, bind: bool) -> C
         if t.insecure_tcp:
             return None
         raise ConfigError(f"transport.endpoints.{endpoint} is tcp without transport.keys (make them with "
-                          f"`run_pipeline.py keys --out DIR`, or set transport.insecure_tcp=true)")
+                          f"`owd keys --out DIR`, or set transport.insecure_tcp=true)")
     if endpoint not in BINDS:
         raise ConfigError(f"endpoint {endpoint!r} has no key policy (BINDS/CONNECTS in stages/keys.py)")
     folder = Path(t.keys)
@@ -43,8 +43,8 @@ def socket_curve(settings: Settings, owner: str, endpoint: str, bind: bool) -> C
         raise ConfigError(f"transport.keys: {exc}") from None
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="run_pipeline.py keys", description=__doc__)
+def main(argv: list[str], prog: str = "owd keys") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--out", required=True, help="folder for the keys (made owner-only); set transport.keys to it")
     p.add_argument("--names", nargs="+", default=list(KEY_NAMES), choices=KEY_NAMES, metavar="NAME",
                    help=f"key pairs to make (default: all of {', '.join(KEY_NAMES)})")

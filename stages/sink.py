@@ -11,6 +11,7 @@ import zmq
 
 from stages.lifecycle import QUIT
 from stages.process import Committed, StageProcess
+from stages.tally import Tally, run_started
 from stream.events import EventLog
 from stream.messages import EndOfStream, Event, LabeledFrame
 from stream.overlay import draw
@@ -102,7 +103,7 @@ class Ledger:
     """What the sink has logged, per source: frames already written are not written again (a replay
     after a restart), and capture hears of every commit. A restarted sink reads its own log back."""
 
-    def __init__(self, stage: StageProcess, log_path: str | None):
+    def __init__(self, stage: StageProcess, log_path: str | None, run_id: str | None = None):
         self.stage = stage
         self.acks = stage.socket(zmq.PUSH, "acks", bind=False, hwm=1000) if stage.supervised else None
         if self.acks is not None:
@@ -111,10 +112,12 @@ class Ledger:
         self.duplicates, self.summarised = 0, 0.0
         if stage.attempt and log_path and os.path.exists(log_path):
             for rec in read_back(log_path):
-                if rec.get("type") == "frame":
+                if rec.get("type") == "frame" and rec.get("run") == run_id:  # the log may hold earlier runs
                     self.committed.setdefault(rec["source"], Committed()).add(int(rec["frame"]))
-            stage.log.info("restarted: %d frame(s) already in %s",
-                           sum(c.below + len(c.above) for c in self.committed.values()), log_path)
+            stage.log.info("restarted: %d frame(s) already in %s", self.logged(), log_path)
+
+    def logged(self) -> int:
+        return sum(c.below + len(c.above) for c in self.committed.values())
 
     def seen(self, source: str, index: int) -> bool:
         if index in self.committed.get(source, ()):
@@ -172,9 +175,12 @@ def run(stage: StageProcess) -> int:
     window = s.window if not s.headless and os.environ.get("DISPLAY") else None
     if not s.headless and window is None:
         stage.log.warning("no DISPLAY: running without a window (use --headless to silence this)")
-    ledger = Ledger(stage, s.events)
-    log = EventLog(s.events, append=stage.attempt > 0)
+    ledger = Ledger(stage, s.events, s.run_id)
+    log = EventLog(s.events, append=s.append or stage.attempt > 0, run=s.run_id)
+    if not stage.attempt:
+        log.write(run_started(stage.settings))
     log.write({"type": "stage_started", "ts": time.time(), "stage": "sink", "pid": os.getpid()})
+    tally = Tally(stage.settings, frames=ledger.logged())
     display, hud = Display(window, s.save if not stage.attempt else None), Hud()
     if s.save and stage.attempt:
         stage.log.warning("restarted: the annotated video %s is not continued", s.save)
@@ -186,6 +192,7 @@ def run(stage: StageProcess) -> int:
         while not (frames_done and events_done) and not display.closed:
             ready = dict(poller.poll(200))
             ledger.summarise(stage.live)
+            tally.status(ledger.duplicates, frames_in.rejected + events_in.rejected)
             if not ready and stage.drained:
                 break  # supervised: told to stop, and nothing left to write
             msg = events_in.recv(0) if events_in.sock in ready else None
@@ -193,6 +200,7 @@ def run(stage: StageProcess) -> int:
             if isinstance(msg, Event):
                 log.write(msg.record)
                 hud.on_event(msg.record)
+                tally.on_event(msg.record)
                 if msg.record.get("type") == "frame_dropped" and msg.record.get("stage") == "detect":
                     for index in msg.record.get("frames", ()):  # accounted for: capture need not wait for them
                         ledger.commit(msg.record.get("source", ""), int(index))
@@ -203,6 +211,7 @@ def run(stage: StageProcess) -> int:
                 log.write_many(records(msg, now))  # one write: a kill leaves a frame's records whole or absent
                 ledger.commit(msg.source, msg.index)
                 hud.on_frame(now)
+                tally.on_frame(now)
                 frames += 1
                 if display.active:
                     display.show(draw(msg, hud.lines(msg.index, frames_in.rejected + events_in.rejected)),
@@ -210,9 +219,12 @@ def run(stage: StageProcess) -> int:
         while (msg := events_in.recv(100)) is not None:  # late stage_stopped records
             if isinstance(msg, Event):
                 log.write(msg.record)
+                tally.on_event(msg.record)
+        rejected, reason = frames_in.rejected + events_in.rejected, "window closed" if display.closed else "end"
         log.write({"type": "stage_stopped", "ts": time.time(), "stage": "sink", "frames": frames,
-                   "duplicates": ledger.duplicates, "rejected": frames_in.rejected + events_in.rejected,
-                   "reason": "window closed" if display.closed else "end"})
+                   "duplicates": ledger.duplicates, "rejected": rejected, "reason": reason})
+        log.write(tally.summary(ledger.duplicates, rejected, reason))
+        tally.status(ledger.duplicates, rejected, done=True)
     finally:
         display.close()
         log.close()

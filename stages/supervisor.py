@@ -78,8 +78,10 @@ class Supervisor:
     message. Ctrl-C / SIGTERM / SIGHUP end the stream at capture; a second one stops at once.
     """
 
-    def __init__(self, settings: Settings, stages: tuple[str, ...] = ORDER, supervised: bool = True):
+    def __init__(self, settings: Settings, stages: tuple[str, ...] = ORDER, supervised: bool = True,
+                 progress=None):
         self.settings, self.supervised = settings, supervised
+        self.progress = progress  # stages.progress.Progress, or None: told of each loop, the stop and drains
         self.children = {name: Child(name) for name in ORDER if name in stages}
         self.signals = 0
         self.events = None
@@ -138,7 +140,11 @@ class Supervisor:
             now = time.monotonic()
             if self.signals > 1:
                 return 130
+            if self.progress is not None:
+                self.progress.tick()
             if self.signals == 1:
+                if self.progress is not None:
+                    self.progress.stopping()
                 first = self.children.get("capture")
                 for child in [first] if first is not None else self.children.values():
                     if not child.stopping:  # capture ends the stream; the rest drain
@@ -211,6 +217,8 @@ class Supervisor:
             if not child.done:
                 if not child.stopping and child.name != "capture":
                     self._stop(child, now)
+                    if self.progress is not None:
+                        self.progress.draining(child.name)
                 return
 
     def _stop(self, child: Child, now: float) -> None:

@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("pass --init CKPT (an official DINO *_pretrain.pth, a train-student output, or "
                          "'official'), or --resume with an existing --out")
     else:
+        if args.init != "official" and not Path(args.init).is_file():
+            raise ValueError(f"--init {args.init}: no such checkpoint (an official DINO *_pretrain.pth, a "
+                             "train-student output, or 'official')")
         init = fetch_official(args.arch) if args.init == "official" else args.init
         student = Student.from_checkpoint(init, args.arch, drop_path_rate=cfg.drop_path_rate)
     trainer = DinoTrainer(student.to(args.device), cfg, total, batch_size)

@@ -16,10 +16,10 @@ def event(type_: str, **fields) -> Event:
 
 class EventLog:
     """Appends one JSON object per line to `path` (created with its folder; truncated first unless
-    `append`); a no-op without a path."""
+    `append`); a no-op without a path. With `run`, every record carries it as "run" (after type and ts)."""
 
-    def __init__(self, path: str | None, append: bool = False):
-        self.file = None
+    def __init__(self, path: str | None, append: bool = False, run: str | None = None):
+        self.file, self.run = None, run
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "a" if append else "w", encoding="utf-8", buffering=1)
@@ -32,6 +32,9 @@ class EventLog:
         """Several records in one write to the file (a process killed mid-way leaves all or none)."""
         if self.file is not None:
             # JSON has no NaN or inf, at any depth: they become null.
+            if self.run is not None:
+                records = [{"type": r.get("type"), "ts": r.get("ts"), "run": self.run,
+                            **{k: v for k, v in r.items() if k != "run"}} for r in records]
             lines = [json.dumps(json_safe(r), separators=(",", ":"), allow_nan=False) for r in records]
             self.file.write("\n".join(lines) + "\n")
             self.written += len(records)

@@ -9,11 +9,13 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from owd.errors import OwdError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 _MAX_BAD_READS = 25  # consecutive failed reads before a video file counts as ended
 
 
-class SourceError(Exception):
+class SourceError(OwdError):
     """The source cannot be opened; the message names it and says why."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import http.server
 import importlib.util
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -13,6 +15,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+
+@pytest.fixture(autouse=True)
+def own_tmpdir(monkeypatch, tmp_path_factory):
+    """Every test has its own TMPDIR (short: ipc paths inside must stay under ~100 bytes), so the run
+    folders it looks at are its own even while other pipelines run on the machine."""
+    tmp_path_factory.getbasetemp()  # pytest's own folder is fixed before TMPDIR changes
+    folder = tempfile.mkdtemp(prefix="owdt-", dir=tempfile.gettempdir())
+    monkeypatch.setenv("TMPDIR", folder)  # subprocesses: supervisors and stages
+    monkeypatch.setattr(tempfile, "tempdir", folder)  # this process
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

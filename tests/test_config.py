@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 
 import dataclasses
 import re
@@ -98,7 +99,7 @@ def test_unreadable_config_files(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), *args], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                          timeout=600, cwd=tempfile.gettempdir())  # the test's own: a run may make runs/ there
 
 
 @pytest.mark.parametrize("args, words", [

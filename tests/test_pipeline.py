@@ -86,7 +86,8 @@ def test_signal_drains_and_shuts_down_cleanly(bikes_video, tmp_path, sig):
     events = tmp_path / "ev.jsonl"
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
            "--events", str(events)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
+    err = open(tmp_path / "stderr.txt", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=err)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if events.exists() and sum(1 for r in records(events) if r["type"] == "frame") >= 5:
@@ -94,6 +95,9 @@ def test_signal_drains_and_shuts_down_cleanly(bikes_video, tmp_path, sig):
         time.sleep(0.2)
     proc.send_signal(sig)
     assert proc.wait(timeout=300) == 130  # the frames in flight are processed first
+    err.close()
+    said = (tmp_path / "stderr.txt").read_text()
+    assert "owd: stopping: no new frames are read" in said  # the drain is not silent
     recs = records(events)
     frames = sorted(r["frame"] for r in recs if r["type"] == "frame")
     assert 5 <= len(frames) < 250 and frames == list(range(len(frames)))  # stopped early, nothing lost
