@@ -50,7 +50,9 @@ class Display:
             if not os.path.isdir(os.environ.get("QT_QPA_FONTDIR", "")):  # cv2 points Qt at a font folder its
                 os.environ["QT_QPA_FONTDIR"] = font_dir()                  # wheel lacks: a warning per repaint
             cv2.namedWindow(self.window, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
-            cv2.imshow(self.window, waiting_screen())
+            screen = waiting_screen()
+            cv2.resizeWindow(self.window, screen.shape[1], screen.shape[0])
+            cv2.imshow(self.window, screen)
             self.idle()
 
     @property

@@ -76,7 +76,7 @@ def place_labels(boxes: np.ndarray, sizes: np.ndarray, frame_wh: tuple[int, int]
     Tried in turn: above the box, inside its top, below it, inside its bottom (left-aligned, then
     right-aligned), each shifted into the frame, then further up and down in half-label steps."""
     w_frame, h_frame = frame_wh
-    taken = [np.asarray(blocked, np.int64).reshape(-1, 4)]
+    taken = [np.asarray(blocked if blocked is not None else [], np.int64).reshape(-1, 4)]
     out = np.full((len(boxes), 4), -1, np.int64)
     for i, ((x1, y1, x2, y2), (w, h)) in enumerate(zip(np.asarray(boxes).round().astype(np.int64), sizes)):
         w, h = int(w), int(h)
