@@ -65,13 +65,13 @@ class Display:
             self.closed = True
 
     def show(self, msg: LabeledFrame, hud: "Hud", rejected: int) -> None:
-        if self.overlay is None:
-            self.overlay = Overlay((msg.image.shape[1], msg.image.shape[0]))
+        size = (msg.image.shape[1], msg.image.shape[0])
+        if self.overlay is None or self.overlay.wh != size:  # a folder's images may differ in size
+            self.overlay = Overlay(size)
         image = self.overlay.draw(msg, hud.book, hud.lines(msg.index, rejected))
         if self.save:
             if self.writer is None:
                 fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.save.endswith(".mp4") else "MJPG"))
-                size = (image.shape[1], image.shape[0])
                 self.writer = cv2.VideoWriter(self.save, fourcc, hud.source_fps or 25.0, size)
                 if not self.writer.isOpened():
                     raise OSError(f"cannot write video {self.save}")
