@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 
-def display_reachable(display: str, timeout_s: float = 3.0) -> bool:
+def display_reachable(display: str, timeout_s: float = 10.0) -> bool:
     """Can an X client connect to `display` (DISPLAY syntax) now? Asked of libxcb, as Qt's xcb plugin
     will; a server that does not answer within timeout_s counts as unreachable."""
     path = ctypes.util.find_library("xcb")
