@@ -43,7 +43,7 @@ def run(stage: StageProcess) -> int:
     poller = zmq.Poller()
     poller.register(inbox.sock, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
-    stage.started(classes=len(gate))
+    stage.started(classes=len(gate), names=list(gate.names))
 
     def changed() -> None:
         """The class memory changed: the gate and the memory file follow."""

@@ -50,6 +50,8 @@ class DetectSettings:
     batch_timeout_ms: int = field(default=20, metadata=at_least(0))  # wait at most this long to fill a batch
     score_threshold: float = field(default=0.4, metadata=between(0, 1))
     min_box: int = field(default=12, metadata=at_least(0))  # boxes narrower or shorter than this (pixels) are dropped
+    nms_iou: float = field(default=0.7, metadata=between(0, 1))  # class-agnostic NMS: of boxes overlapping more than
+    #                                                             this (IoU), the best-scoring stays; 1 = off
     threads: int = field(default=1, metadata=at_least(0))   # 0 = the libraries' default
     options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
 

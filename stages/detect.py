@@ -5,18 +5,21 @@ import numpy as np
 import zmq
 
 from models.detections import Detector
+from models.nms import suppress
 from models.registry import DETECTORS
 from stages.process import StageProcess, limit_threads
 from stream.messages import EndOfStream, Frame, FrameDetections
 
 
-def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box: int) -> list[FrameDetections]:
-    """One detector call for the whole batch; boxes below the score or size limits are dropped."""
+def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box: int,
+           nms_iou: float = 1.0) -> list[FrameDetections]:
+    """One detector call for the whole batch; boxes below the score or size limits are dropped, then
+    class-agnostic NMS at `nms_iou` (1 = off) keeps one box per object, with the detector's best class."""
     results = model.detect([f.image for f in frames]) if frames else []
     out = []
     for frame, det in zip(frames, results):
         wh = det.xyxy[:, 2:] - det.xyxy[:, :2]
-        det = det[(det.scores >= score_threshold) & (wh.min(axis=1, initial=np.inf) >= min_box)]
+        det = suppress(det[(det.scores >= score_threshold) & (wh.min(axis=1, initial=np.inf) >= min_box)], nms_iou)
         out.append(FrameDetections(frame.source, frame.index, frame.ts, frame.image, det.xyxy, det.scores,
                                    tuple(model.class_names[c] for c in det.class_ids)))
     return out
@@ -50,7 +53,7 @@ def run(stage: StageProcess) -> int:
     stage.started(model=s.model, batch_size=s.batch_size)
     fresh = Freshest(stage) if stage.live else (lambda batch: batch)
     frames = stage.relay_batches(inbox, out, s.batch_size, 0 if stage.live else s.batch_timeout_ms,
-                                 lambda batch: detect(model, fresh(batch), s.score_threshold, s.min_box))
+                                 lambda batch: detect(model, fresh(batch), s.score_threshold, s.min_box, s.nms_iou))
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
     return 0
 

@@ -1,30 +1,41 @@
-"""The overlay window under a real X server (Xvfb): a screenshot must show the drawn boxes and HUD."""
+"""The window under a real X server (Xvfb, on a display number it picks itself) and the saved video of a real run:
+what a person sees must be what the overlay promises."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
+import cv2
 import numpy as np
 import pytest
+import supervision as sv
 
-from conftest import frame_fields
-from stream.messages import LabeledFrame
-from stream.overlay import UNSEEN_COLOR, class_color, draw
+from conftest import ROOT
+from stream.overlay import FONT, PALETTE, UNSEEN, Overlay
+from test_overlay import labeled, near
 
 
 @pytest.fixture
 def xvfb():
+    """A private X server; DISPLAY points at it for the test and its children."""
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb is not installed (Debian package xvfb)")
-    display = ":57"
-    proc = subprocess.Popen(["Xvfb", display, "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    if proc.poll() is not None:
+    read, write = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    number = b""
+    while not number.endswith(b"\n") and (chunk := os.read(read, 16)):  # written once the server accepts clients
+        number += chunk
+    os.close(read)
+    if not number.strip().isdigit():
+        proc.kill()
         pytest.skip("Xvfb did not start")
-    old = os.environ.get("DISPLAY")
+    display, old = ":" + number.decode().strip(), os.environ.get("DISPLAY")
     os.environ["DISPLAY"] = display
     yield display
     proc.terminate()
@@ -35,36 +46,116 @@ def xvfb():
         os.environ["DISPLAY"] = old
 
 
-def sample_frame() -> LabeledFrame:
-    fields = frame_fields(0, h=300, w=400)
-    fields["image"] = np.zeros((300, 400, 3), np.uint8)
-    return LabeledFrame(**fields, xyxy=np.float32([[40, 60, 180, 260], [220, 80, 360, 240]]),
-                        scores=np.float32([0.9, 0.8]), det_labels=("person", "car"), labels=("novel-1", "unseen"),
-                        seen=np.array([True, False]), distance=np.float32([0.1, 0.9]), track=np.int64([-1, -1]))
-
-
-def has_color(image: np.ndarray, bgr, tol: int = 8) -> int:
-    return int((np.abs(image.astype(int) - np.array(bgr)).max(axis=2) <= tol).sum())
-
-
-def test_draw_marks_seen_and_unseen_boxes():
-    image = draw(sample_frame(), ["12.0 fps"])
-    assert has_color(image[55:265, 35:185], class_color("novel-1")) > 200
-    assert has_color(image[75:245, 215:365], UNSEEN_COLOR) > 100
-    assert has_color(image[:30, :120], (255, 255, 255)) > 10  # HUD text
-
-
-def test_window_shows_boxes_on_screen(xvfb):
+def grab(display: str) -> np.ndarray:
     from PIL import ImageGrab
+    return np.asarray(ImageGrab.grab(xdisplay=display))[:, :, ::-1]  # RGB -> BGR
 
-    from stages.sink import Display
+
+def test_window_says_loading_then_shows_boxes_and_legend(xvfb):
+    from stages.sink import Display, Hud
     display = Display("owd-test", None)
     try:
-        for _ in range(20):  # give the window manager-less server time to map and paint
-            display.show(draw(sample_frame(), ["12.0 fps"]), 25.0)
+        for _ in range(10):  # a window-manager-less server needs a few rounds to map and paint
+            display.idle()
             time.sleep(0.05)
-        shot = np.asarray(ImageGrab.grab(xdisplay=xvfb))[:, :, ::-1]  # RGB -> BGR
+        loading = grab(xvfb)
+        hud = Hud()
+        msg = labeled(np.zeros((300, 400, 3), np.uint8), [[40, 80, 140, 260], [160, 90, 240, 250], [260, 100, 360, 250]],
+                      ["novel-1", "novel-2", "unseen"], [True, True, False])
+        for _ in range(10):
+            display.show(msg, hud, 0)
+            time.sleep(0.05)
+        shot = grab(xvfb)
     finally:
         display.close()
-    assert has_color(shot, class_color("novel-1")) > 200, "the seen box is not on screen"
-    assert has_color(shot, UNSEEN_COLOR) > 100, "the unseen box is not on screen"
+    assert display.window == "owd-test"
+    assert (np.abs(loading.astype(int) - 32).max(axis=2) <= 2).sum() > 100_000, "no loading screen"
+    assert near(loading, sv.Color.WHITE, 30).sum() > 200, "no text on the loading screen"
+    assert near(loading, PALETTE[0]).sum() == 0
+    for color, least in ((PALETTE[0], 300), (PALETTE[1], 300), (UNSEEN, 100)):
+        assert near(shot, color).sum() > least, f"{color} is not on screen"
+
+
+def test_unreachable_display_is_one_warning_and_no_window(tmp_path):
+    missing = next(n for n in range(600, 700) if not os.path.exists(f"/tmp/.X11-unix/X{n}"))
+    code = "from stages.sink import Display; d = Display('owd', None); print(d.window); d.close()"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, DISPLAY=f":{missing}", TMPDIR=str(tmp_path)))
+    assert result.returncode == 0, result.stderr[-2000:]  # Qt would abort: exit -6
+    assert result.stdout.strip() == "None"
+    assert result.stderr.count("cannot be reached") == 1 and "qt.qpa" not in result.stderr
+
+
+def read_hud_fps(image: np.ndarray, index: int, overlay: Overlay) -> float:
+    """The rate printed on the HUD's first line, read back by drawing every candidate and keeping the best match."""
+    org = (4 + overlay.pad, 4 + overlay.line - overlay.line // 3)
+    region = (slice(4, 4 + overlay.line), slice(0, 260))
+    seen = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[region] > 140
+
+    def score(fps: float) -> float:
+        canvas = np.zeros(image.shape[:2], np.uint8)
+        cv2.putText(canvas, f"{fps:5.1f} fps  frame {index}", org, FONT, overlay.scale, 255, 1, cv2.LINE_AA)
+        drawn = canvas[region] > 140
+        return (drawn & seen).sum() / max((drawn | seen).sum(), 1)
+
+    return max((k / 10 for k in range(1000)), key=score)
+
+
+def test_saved_video_after_discovery(bikes_video, tmp_path, xvfb):
+    """A real run with a window: the saved video's last frame, once classes were discovered, shows box colours
+    distinct per class (grey for unseen), a legend, labels apart from each other, and the log's own rate."""
+    events, video = tmp_path / "ev.jsonl", tmp_path / "out.avi"
+    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--events", str(events),
+           "--save", str(video), "--max-frames", "48", "--set", "gate.track=false", "--set", "cluster.min_size=4",
+           "--set", "cluster.period_s=0.2", "--set", "cluster.min_new=4"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, TMPDIR=str(tmp_path)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "QFontDatabase" not in result.stderr and "cannot be reached" not in result.stderr
+    recs = [json.loads(line) for line in events.read_text().splitlines()]
+    frames = [r for r in recs if r["type"] == "frame"]
+    discovered = min(r["ts"] for r in recs if r["type"] == "class_discovered")
+    last = frames[-1]
+    assert last["ts"] > discovered
+    cap = cv2.VideoCapture(str(video))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, len(frames) - 1)
+    ok, image = cap.read()
+    cap.release()
+    assert ok
+    h, w = image.shape[:2]
+    overlay = Overlay((w, h))
+
+    boxes = [r for r in recs if r["type"] == "detection" and r["frame"] == last["frame"]]
+    colour_of: dict[str, tuple] = {}
+    for r in boxes:  # the median colour along each box's left and right edges
+        x1, y1, x2, y2 = (int(v) for v in r["bbox"])
+        edge = np.concatenate([image[y1:y2 + 1, min(x1, w - 1)], image[y1:y2 + 1, min(x2, w - 1)]])
+        c = tuple(int(v) for v in np.median(edge, axis=0))
+        want = [UNSEEN] if not r["seen"] else PALETTE
+        assert min(np.abs(np.array(c) - p.as_bgr()).max() for p in want) <= 40, (r, c)
+        colour_of.setdefault(r["label"] if r["seen"] else "unseen", c)
+    named = [c for k, c in colour_of.items() if k != "unseen"]
+    for a in range(len(named)):
+        for b in range(a + 1, len(named)):
+            assert np.abs(np.array(named[a]) - named[b]).max() > 40, "two classes share a colour"
+
+    legend = image[4:4 + overlay.line * 8, w // 2:]
+    assert (np.abs(legend.astype(int) - UNSEEN.as_bgr()).max(axis=2) <= 30).sum() >= 9, "no legend"
+    assert sum((np.abs(legend.astype(int) - p.as_bgr()).max(axis=2) <= 30).sum() >= 9 for p in PALETTE) >= 1
+
+    tall = overlay.label_size("novel-1 (person)")[1]
+    labels = []  # label fills: solid rectangles of a palette colour or grey as tall as a label, text closed over
+    for p in (*PALETTE, UNSEEN):
+        mask = (np.abs(image.astype(int) - p.as_bgr()).max(axis=2) <= 30).astype(np.uint8)
+        mask = cv2.morphologyEx(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 5))), cv2.MORPH_OPEN, np.ones((7, 7)))
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+        labels += [(x, y, x + bw - 1, y + bh - 1) for x, y, bw, bh, area in stats[1:]
+                   if area >= 60 and abs(bh - tall) <= 3]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            assert not (a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]), ("labels overlap", a, b)
+
+    ts = [r["ts"] for r in frames]
+    rate = (len(ts) - 1) / (ts[-1] - ts[0])
+    shown = read_hud_fps(image, last["frame"], overlay)
+    assert shown == pytest.approx(rate, rel=0.2), (shown, rate)
