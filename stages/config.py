@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 import yaml
 
+from models.registry import ModelError
+from models.runtimes import check as check_runtime
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
@@ -28,6 +31,9 @@ def between(low: float, high: float) -> dict:
 def above(low: float) -> dict:
     """Strictly greater than low (timeouts, periods)."""
     return {"above": low}
+
+
+Runtime = Literal["auto", "torch", "openvino", "onnxruntime", "opencv"]  # models/runtimes.py RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class DetectSettings:
     score_threshold: float = field(default=0.4, metadata=between(0, 1))
     min_box: int = field(default=12, metadata=at_least(0))  # boxes narrower or shorter than this (pixels) are dropped
     threads: int = field(default=1, metadata=at_least(0))   # 0 = the libraries' default
+    runtime: Runtime = "auto"    # auto: the fastest installed one, measured once per CPU (models/runtimes.py)
     options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
 
 
@@ -59,6 +66,7 @@ class EmbedSettings:
     batch_frames: int = field(default=4, metadata=at_least(1))  # frames whose crops are embedded in one call
     batch_timeout_ms: int = field(default=20, metadata=at_least(0))
     threads: int = field(default=1, metadata=at_least(0))
+    runtime: Runtime = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -180,6 +188,11 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Se
         node[leaf] = value
     settings = build(Settings, data, "")
     _check_transport(settings.transport)
+    for name, s in (("detect", settings.detect), ("embed", settings.embed)):
+        try:
+            check_runtime(s.model, s.runtime, s.device)
+        except ModelError as exc:
+            raise ConfigError(f"config key '{name}.runtime': {exc}") from None
     if settings.gate.track and settings.gate.vote_min > settings.gate.vote_window:
         raise ConfigError(f"config key 'gate.vote_min' ({settings.gate.vote_min}) must not exceed 'gate.vote_window' "
                           f"({settings.gate.vote_window}): no track could ever be labelled")

@@ -1,0 +1,147 @@
+"""Registered models on a chosen runtime: builds the reference model, exports its network once and wraps the session."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from models.crops import crops_to_batch
+from models.detections import Detections
+from models.registry import DETECTORS, EMBEDDERS, ModelError
+from models.runtimes import (best_ms, cache_dir, check, choices, choose, export_onnx, file_digest, installed,
+                             open_session, tensors_digest)
+
+_SAMPLE_CROPS = [(90, 40), (120, 50), (60, 30), (150, 70)] * 4  # (h, w) of people-sized crops: auto's test batch
+
+
+class RuntimeEmbedder:
+    """An embedder's network (B, 3, S, S) -> (B, dim) on OpenVINO or ONNX Runtime; the same crops,
+    resize and normalisation as the torch model it was exported from."""
+
+    def __init__(self, model, session, runtime: str):
+        self.model, self.session, self.runtime = model, session, runtime
+        self.dim, self.input_size, self.batch_size = model.dim, model.input_size, model.batch_size
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        out = np.empty((len(crops), self.dim), np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start:start + self.batch_size]
+            batch = crops_to_batch(chunk, self.input_size, self.model.mean, self.model.std).numpy()
+            out[start:start + len(chunk)] = self.session(batch)[0]
+        return out
+
+
+def build_embedder(name: str, runtime: str = "auto", threads: int = 0, device: str = "cpu", **kw):
+    """EMBEDDERS.create(name, ...) run on `runtime`; auto measures the installed ones once (cached)."""
+    check(name, runtime, device)
+    model = EMBEDDERS.create(name, device=device, **kw)
+    model.runtime = "torch"
+    if runtime == "torch" or (runtime == "auto" and device != "cpu"):
+        return model
+    import torch
+
+    size = model.input_size
+    onnx = export_onnx(model.network(), (torch.zeros(2, 3, size, size),),
+                       cache_dir() / f"{name}-{tensors_digest(model.network())}-{size}.onnx",
+                       {"x": {0: "batch"}, "y": {0: "batch"}})
+    if runtime != "auto":
+        return RuntimeEmbedder(model, open_session(runtime, onnx, threads), runtime)
+    built = {"torch": model}
+    for rt in choices(name)[1:]:
+        if installed(rt):
+            built[rt] = RuntimeEmbedder(model, open_session(rt, onnx, threads), rt)
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in _SAMPLE_CROPS]
+    timers = {rt: (lambda m=m: best_ms(lambda: m.embed(crops))) for rt, m in built.items()}
+    return built[choose(f"{name} {onnx.stem} threads={threads}", timers)]
+
+
+class OpenVINOSSD:
+    """The SSD-MobileNetV2 TF graph read by OpenVINO (converted once into the cache as OpenVINO IR).
+    Frames are resized to input_size as OpenCV's blobFromImages does (bilinear), RGB uint8."""
+
+    def __init__(self, reference, threads: int):
+        import openvino as ov
+
+        self.class_names, self.input_size = reference.class_names, reference.input_size
+        self.score_threshold, self.runtime = reference.score_threshold, "openvino"
+        ir = cache_dir() / f"ssd_mobilenet_v2-{file_digest(reference.graph)}-{self.input_size}.xml"
+        if not ir.is_file():  # reading the TF graph takes ~1 min; the IR ~1 s
+            network = ov.Core().read_model(str(reference.graph))
+            network.reshape({network.inputs[0]: [-1, self.input_size, self.input_size, 3]})
+            ir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ir.with_name(f".{ir.stem}.{os.getpid()}.xml")
+            ov.save_model(network, str(tmp))
+            os.replace(tmp.with_suffix(".bin"), ir.with_suffix(".bin"))
+            os.replace(tmp, ir)
+        self.session = open_session("openvino", ir, threads)
+
+    def detect(self, frames: list[np.ndarray]) -> list[Detections]:
+        import cv2
+
+        from models.ssd_mobilenet import rows_to_detections
+        if not frames:
+            return []
+        s = self.input_size
+        x = np.stack([cv2.resize(f, (s, s), interpolation=cv2.INTER_LINEAR)[:, :, ::-1] for f in frames])
+        boxes, classes, scores, _ = self.session(x)  # (B, 100, 4) y1 x1 y2 x2 normalized, (B, 100) x2
+        b, k = scores.shape
+        rows = np.concatenate([np.repeat(np.arange(b, dtype=np.float32), k)[:, None], classes.reshape(-1, 1),
+                               scores.reshape(-1, 1), boxes.reshape(-1, 4)[:, [1, 0, 3, 2]]], axis=1)
+        return rows_to_detections(rows.astype(np.float32), frames, self.score_threshold)
+
+
+class RuntimeBackbone:
+    """DiffusionDet's ResNet-FPN on OpenVINO or ONNX Runtime; the head (box sampling) stays in torch."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, batch):
+        import torch
+        return [torch.from_numpy(f) for f in self.session(batch.contiguous().numpy())]
+
+
+def build_detector(name: str, runtime: str = "auto", threads: int = 0, device: str = "cpu", **kw):
+    """DETECTORS.create(name, ...) run on `runtime`; auto measures the installed ones once (cached)."""
+    check(name, runtime, device)
+    reference = DETECTORS.create(name, device=device, **kw)
+    ref_runtime = reference.runtime = choices(name)[0]
+    if runtime == ref_runtime or (runtime == "auto" and device != "cpu"):
+        return reference
+    if name.startswith("ssd_"):
+        make = lambda rt: OpenVINOSSD(reference, threads)  # noqa: E731
+        key = f"{name} {file_digest(reference.graph)} size={reference.input_size} threads={threads}"
+    else:
+        make, key = _diffusiondet_backbone(name, reference, threads)
+    if runtime != "auto":
+        return make(runtime)
+    built = {ref_runtime: reference}
+    for rt in choices(name)[1:]:
+        if installed(rt):
+            built[rt] = make(rt)
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
+    timers = {rt: (lambda m=m: best_ms(lambda: m.detect([frame]))) for rt, m in built.items()}
+    return built[choose(key, timers)]
+
+
+def _diffusiondet_backbone(name: str, reference, threads: int):
+    """make(runtime) -> a DiffusionDet sharing the reference's head, its backbone on runtime."""
+    import copy
+
+    import torch
+
+    from models.resnet_fpn import ResNetFPN
+    d = ResNetFPN.size_divisibility
+    onnx = export_onnx(reference.backbone, (torch.zeros(1, 3, 2 * d, 3 * d),),
+                       cache_dir() / f"{name}-backbone-{tensors_digest(reference.backbone)}.onnx",
+                       {"x": {0: "batch", 2: "height", 3: "width"}})
+
+    def make(rt: str):
+        model = copy.copy(reference)  # shallow: the head's weights are shared
+        object.__setattr__(model, "backbone", RuntimeBackbone(open_session(rt, onnx, threads)))
+        model.runtime = rt
+        return model
+    if reference.precision == "bf16":
+        raise ModelError(f"{name}: precision bf16 runs on torch only; set runtime: torch")
+    return make, f"{name} {onnx.stem} threads={threads}"
