@@ -54,7 +54,7 @@ def dino_pos_embed(pos_embed: torch.Tensor, height: int, width: int, patch: int)
     """Resize pos_embed (1, 1+N, D) to an input of height x width pixels the way DINO does:
     bicubic with scale factor (grid + 0.1) / sqrt(N), no antialias. Returns (1, 1+h*w, D)."""
     n = pos_embed.shape[1] - 1
-    h, w = height // patch, width // patch
+    h, w = int(height) // patch, int(width) // patch  # int(): fixed sizes when traced for export
     if h * w == n and height == width:
         return pos_embed
     side = math.sqrt(n)
