@@ -145,3 +145,23 @@ def _diffusiondet_backbone(name: str, reference, threads: int):
     if reference.precision == "bf16":
         raise ModelError(f"{name}: precision bf16 runs on torch only; set runtime: torch")
     return make, f"{name} {onnx.stem} threads={threads}"
+
+
+def main() -> None:
+    """Fill the cache before the first run (`make` does): exports, conversions and auto's measurements."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--detector", default="ssd_mobilenet_v2")
+    p.add_argument("--embedder", default="efficientnet_lite0")
+    p.add_argument("--input-size", type=int, default=128, help="embedder input size (px)")
+    p.add_argument("--threads", type=int, default=1, help="threads per model, as the stages run them")
+    args = p.parse_args()
+    detector = build_detector(args.detector, "auto", args.threads)
+    embedder = build_embedder(args.embedder, "auto", args.threads, input_size=args.input_size)
+    print(f"{args.detector}: {detector.runtime}; {args.embedder} @ {args.input_size} px: {embedder.runtime} "
+          f"(cache {cache_dir()})")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -70,8 +71,14 @@ def test_diffusiondet_backbone_matches_torch(runtime):
 
 @pytest.fixture(scope="module")
 def ssd_cache(tmp_path_factory):
-    """One OpenVINO conversion of the SSD graph for the module (it takes a minute)."""
-    return tmp_path_factory.mktemp("ssd_cache")
+    """A cache for the SSD test. Reading the TF graph into OpenVINO takes 1-4 minutes on 2 busy cores, so the
+    IR is copied from the user's cache when `make` (python -m models.compiled) left one there; the test still
+    reads, compiles and runs it. Without one, the test converts the graph itself."""
+    cache = tmp_path_factory.mktemp("ssd_cache")
+    (cache / "runtimes").mkdir()
+    for path in runtimes.cache_dir().glob("ssd_mobilenet_v2-*"):  # module scope: before `cache` redirects it
+        shutil.copy(path, cache / "runtimes" / path.name)
+    return cache
 
 
 def matched(a, b, size) -> int:
