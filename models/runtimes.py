@@ -136,21 +136,23 @@ def open_session(runtime: str, path: Path, threads: int) -> Callable[..., list[n
     raise ModelError(f"runtime {runtime!r} cannot run an exported network here")
 
 
-def best_ms(call: Callable[[], object], repeats: int = 3) -> float:
-    """Fastest of `repeats` timed calls after one warm-up: the minimum is what the CPU can do, the
-    rest is other processes on a shared machine."""
-    call()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return 1000 * min(times)
+def measure(calls: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str, float]:
+    """ms of one call of each candidate: the fastest of `rounds`, the candidates taking turns so that other
+    processes on a shared machine slow them alike (the minimum is what the CPU can do)."""
+    for call in calls.values():
+        call()  # warm-up: lazy allocations, first-call compilation
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            t = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t)
+    return {name: 1000 * min(t) for name, t in times.items()}
 
 
-def choose(key: str, candidates: dict[str, Callable[[], float]]) -> str:
+def choose(key: str, candidates: dict[str, Callable[[], object]]) -> str:
     """auto: the candidate runtime with the lowest measured ms, measured once per key (model, weights,
-    input size, threads, runtime versions, CPU) and kept in the cache. candidates: runtime -> timer."""
+    input size, threads, runtime versions, CPU) and kept in the cache. candidates: runtime -> one inference."""
     if len(candidates) == 1:
         return next(iter(candidates))
     path = cache_dir() / f"auto-{digest(key, cpu_model(), *(f'{r}={version(r)}' for r in sorted(candidates)))}.json"
@@ -160,7 +162,7 @@ def choose(key: str, candidates: dict[str, Callable[[], float]]) -> str:
             return choice
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    ms = {runtime: timer() for runtime, timer in candidates.items()}
+    ms = measure(candidates)
     choice = min(ms, key=ms.get)
     record = {"runtime": choice, "ms": ms, "key": key, "cpu": cpu_model(), "load": os.getloadavg()[0]}
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))

@@ -105,7 +105,7 @@ def test_ssd_openvino_matches_opencv(vtest_video, ssd_cache, monkeypatch):
     batched = model.detect(frames)
     for frame, b4 in zip(frames, batched):
         a, b = ref.detect([frame])[0], model.detect([frame])[0]
-        assert len(b4) == len(b) and np.allclose(b4.xyxy, b.xyxy, atol=0.5)  # batching changes nothing
+        assert len(b4) == len(b) and np.allclose(b4.xyxy, b.xyxy)  # batching changes nothing
         total, mine = total + len(a), mine + len(b)
         both += min(matched(a, b, frame.shape[1]), matched(b, a, frame.shape[1]))
     assert total > 10 and both >= 0.8 * max(total, mine)
@@ -120,7 +120,7 @@ def test_auto_measures_once_and_caches(cache, monkeypatch):
     assert record["runtime"] == model.runtime and set(record["ms"]) == {"torch", *EXPORTED}
     assert record["ms"][model.runtime] == min(record["ms"].values())
     # The second build reads the choice: nothing is timed.
-    monkeypatch.setattr(runtimes, "best_ms", lambda call: pytest.fail("auto measured again"))
+    monkeypatch.setattr(runtimes, "measure", lambda calls: pytest.fail("auto measured again"))
     assert compiled.build_embedder("test_vit", "auto", 1).runtime == model.runtime
     # Another input size is another network: measured and exported anew.
     monkeypatch.undo()
