@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 
 from models.crops import crops_to_batch
@@ -10,6 +11,7 @@ from models.detections import Detections
 from models.registry import DETECTORS, EMBEDDERS, ModelError
 from models.runtimes import (cache_dir, check, choices, choose, export_onnx, file_digest, installed,
                              open_session, tensors_digest)
+from models.ssd_mobilenet import rows_to_detections
 
 _SAMPLE_CROPS = [(90, 40), (120, 50), (60, 30), (150, 70)] * 4  # (h, w) of people-sized crops: auto's test batch
 
@@ -77,9 +79,6 @@ class OpenVINOSSD:
         self.session = open_session("openvino", ir, threads)
 
     def detect(self, frames: list[np.ndarray]) -> list[Detections]:
-        import cv2
-
-        from models.ssd_mobilenet import rows_to_detections
         s, out = self.input_size, []
         for frame in frames:  # one at a time: batches of 4 were 10 % slower per frame (1 thread)
             x = cv2.resize(frame, (s, s), interpolation=cv2.INTER_LINEAR)[None, :, :, ::-1]  # (1, S, S, 3) RGB
