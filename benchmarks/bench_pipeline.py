@@ -28,7 +28,7 @@ if any(k not in os.environ for k in MODEL_MALLOC):  # measure the models as the 
     os.execve(sys.executable, [sys.executable, *sys.argv], dict(MODEL_MALLOC, **os.environ))
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 import zmq  # noqa: E402
 
 from models.compiled import build_detector, build_embedder  # noqa: E402
@@ -142,10 +142,15 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     p.add_argument("--pairs", type=int, default=2, help="reference/auto pipeline runs, alternating")
+    p.add_argument("--also", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="a third variant: auto with these settings, e.g. detect.threads=2")
     args = p.parse_args()
     base = load(args.config)
     ref_set = {"detect.runtime": choices(base.detect.model)[0], "embed.runtime": choices(base.embed.model)[0]}
     variants = {"reference": load(args.config, ref_set), "auto": base}
+    also = dict(kv.split("=", 1) for kv in args.also)
+    if also:
+        variants["auto " + " ".join(args.also)] = load(args.config, {k: yaml.safe_load(v) for k, v in also.items()})
     frames, decode_ms = read_frames(args.source, args.frames)
     cores = os.cpu_count()
     print(f"CPU {cpu_model()}, {cores} cores; {load_avg()}; openvino {version('openvino')}, onnxruntime "
@@ -183,14 +188,16 @@ def main() -> None:
     fps: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.pairs):
         for name, s in variants.items():
-            sets = [] if name == "auto" else [f"--set={k}={v}" for k, v in ref_set.items()]
+            extra = ref_set if name == "reference" else {} if name == "auto" else also
+            sets = [f"--set={k}={v}" for k, v in extra.items()]
             load_before = load_avg()
             rate, used = pipeline(args.config, args.source, len(frames), sets)
             fps[name].append(rate)
-            print(f"  {name:9s} {rate:6.2f} frames/s  ({load_before}; stages on {used})")
+            print(f"  {name:24s} {rate:6.2f} frames/s  ({load_before}; stages on {used})")
     best = {name: max(v) for name, v in fps.items()}
-    print(f"\nauto / reference: {best['auto'] / best['reference']:.2f}x (best runs);  pipeline / bound: "
-          + ", ".join(f"{name} {best[name] / bounds[name]:.2f}" for name in variants))
+    print("\nbest runs: " + ", ".join(f"{name} / reference {best[name] / best['reference']:.2f}x"
+                                     for name in variants if name != "reference"))
+    print("pipeline / bound: " + ", ".join(f"{name} {best[name] / bounds[name]:.2f}" for name in variants))
 
 
 if __name__ == "__main__":
