@@ -9,11 +9,15 @@ import numpy as np
 from models.crops import crops_to_batch
 from models.detections import Detections
 from models.registry import DETECTORS, EMBEDDERS, ModelError
-from models.runtimes import (cache_dir, check, choices, choose, export_onnx, file_digest, installed,
-                             open_session, tensors_digest)
+from models.runtimes import (cache_dir, cached_choice, check, choices, choose, export_onnx, file_digest,
+                             installed, open_session, tensors_digest)
 from models.ssd_mobilenet import rows_to_detections
 
 _SAMPLE_CROPS = [(90, 40), (120, 50), (60, 30), (150, 70)] * 4  # (h, w) of people-sized crops: auto's test batch
+
+
+def installed_choices(name: str) -> list[str]:
+    return [rt for rt in choices(name) if installed(rt)]
 
 
 class RuntimeEmbedder:
@@ -46,16 +50,18 @@ def build_embedder(name: str, runtime: str = "auto", threads: int = 0, device: s
     onnx = export_onnx(model.network(), (torch.zeros(2, 3, size, size),),
                        cache_dir() / f"{name}-{tensors_digest(model.network())}-{size}.onnx",
                        {"x": {0: "batch"}, "y": {0: "batch"}})
+    key = f"{name} {onnx.stem} threads={threads}"
+    runtime = runtime if runtime != "auto" else cached_choice(key, installed_choices(name)) or "auto"
+    if runtime == "torch":
+        return model
     if runtime != "auto":
         return RuntimeEmbedder(model, open_session(runtime, onnx, threads), runtime)
     built = {"torch": model}
-    for rt in choices(name)[1:]:
-        if installed(rt):
-            built[rt] = RuntimeEmbedder(model, open_session(rt, onnx, threads), rt)
+    for rt in installed_choices(name)[1:]:
+        built[rt] = RuntimeEmbedder(model, open_session(rt, onnx, threads), rt)
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in _SAMPLE_CROPS]
-    calls = {rt: (lambda m=m: m.embed(crops)) for rt, m in built.items()}
-    return built[choose(f"{name} {onnx.stem} threads={threads}", calls)]
+    return built[choose(key, {rt: (lambda m=m: m.embed(crops)) for rt, m in built.items()})]
 
 
 class OpenVINOSSD:
@@ -113,15 +119,16 @@ def build_detector(name: str, runtime: str = "auto", threads: int = 0, device: s
         key = f"{name} {file_digest(reference.graph)} size={reference.input_size} threads={threads}"
     else:
         make, key = _diffusiondet_backbone(name, reference, threads)
+    runtime = runtime if runtime != "auto" else cached_choice(key, installed_choices(name)) or "auto"
+    if runtime == ref_runtime:
+        return reference
     if runtime != "auto":
         return make(runtime)
     built = {ref_runtime: reference}
-    for rt in choices(name)[1:]:
-        if installed(rt):
-            built[rt] = make(rt)
+    for rt in installed_choices(name)[1:]:
+        built[rt] = make(rt)
     frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8)
-    calls = {rt: (lambda m=m: m.detect([frame])) for rt, m in built.items()}
-    return built[choose(key, calls)]
+    return built[choose(key, {rt: (lambda m=m: m.detect([frame])) for rt, m in built.items()})]
 
 
 def _diffusiondet_backbone(name: str, reference, threads: int):

@@ -150,22 +150,29 @@ def measure(calls: dict[str, Callable[[], object]], rounds: int = 5) -> dict[str
     return {name: 1000 * min(t) for name, t in times.items()}
 
 
-def choose(key: str, candidates: dict[str, Callable[[], object]]) -> str:
-    """auto: the candidate runtime with the lowest measured ms, measured once per key (model, weights,
-    input size, threads, runtime versions, CPU) and kept in the cache. candidates: runtime -> one inference."""
-    if len(candidates) == 1:
-        return next(iter(candidates))
-    path = cache_dir() / f"auto-{digest(key, cpu_model(), *(f'{r}={version(r)}' for r in sorted(candidates)))}.json"
+def _record(key: str, names) -> Path:
+    return cache_dir() / f"auto-{digest(key, cpu_model(), *(f'{r}={version(r)}' for r in sorted(names)))}.json"
+
+
+def cached_choice(key: str, names: list[str]) -> str | None:
+    """auto's earlier choice among `names` for key (model, weights, input size, threads; runtime versions
+    and CPU are added here), or None: then build them all and `choose`."""
+    if len(names) == 1:
+        return names[0]
     try:
-        choice = json.loads(path.read_text())["runtime"]
-        if choice in candidates:
-            return choice
+        choice = json.loads(_record(key, names).read_text())["runtime"]
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        return None
+    return choice if choice in names else None
+
+
+def choose(key: str, candidates: dict[str, Callable[[], object]]) -> str:
+    """auto: the candidate runtime with the lowest measured ms, kept in the cache for `cached_choice`.
+    candidates: runtime -> one inference."""
     ms = measure(candidates)
     choice = min(ms, key=ms.get)
     record = {"runtime": choice, "ms": ms, "key": key, "cpu": cpu_model(), "load": os.getloadavg()[0]}
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
+    atomic_write(_record(key, list(candidates)), lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     return choice
 
 
