@@ -24,8 +24,18 @@ def packaged_weights() -> Path:
     return Path(spec.submodule_search_locations[0]) / "models" / _WEIGHTS_FILE
 
 
+class _Pooled(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))  # (B, 1280)
+
+
 class EfficientNetLite0:
     dim = 1280
+    mean, std = MEAN, STD
 
     def __init__(self, weights: Path, device: str = "cpu", precision: str = "auto", input_size: int = 224,
                  batch_size: int = 64):
@@ -52,6 +62,10 @@ class EfficientNetLite0:
         with autocast(self.device, self.precision, matmul_heavy=False):  # depthwise convs: bf16 pays off sooner
             fmap = self.model.extract_features(x.to(self.device, memory_format=torch.channels_last))  # (B,1280,s,s)
         return fmap.float().mean(dim=(2, 3))
+
+    def network(self) -> torch.nn.Module:
+        """The fp32 network of `features`, for export to another runtime (models/compiled.py)."""
+        return _Pooled(self.model)
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         out = np.empty((len(crops), self.dim), np.float32)

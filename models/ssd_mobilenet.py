@@ -24,6 +24,24 @@ def packaged_weights() -> Path:
     return Path(spec.submodule_search_locations[0]) / "models"
 
 
+def rows_to_detections(rows: np.ndarray, frames: list[np.ndarray], score_threshold: float) -> list[Detections]:
+    """rows: (K, 7) as the TF Object Detection API's DetectionOutput gives them (image index, COCO id 1..90,
+    score, x1, y1, x2, y2 normalized) -> per frame, Detections in pixels, best score first."""
+    rows = rows[rows[:, 2] >= score_threshold]
+    out = []
+    for i, frame in enumerate(frames):
+        mine = rows[rows[:, 0] == i]
+        ids = CONTIGUOUS_FROM_ID[np.clip(mine[:, 1].astype(np.int64), 0, 90)]
+        mine, ids = mine[ids >= 0], ids[ids >= 0]
+        h, w = frame.shape[:2]
+        xyxy = np.clip(mine[:, 3:7], 0.0, 1.0) * np.array([w, h, w, h], np.float32)
+        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+        order = np.argsort(-mine[keep, 2], kind="stable")
+        out.append(Detections(xyxy[keep][order].astype(np.float32), mine[keep, 2][order].astype(np.float32),
+                              ids[keep][order]))
+    return out
+
+
 class SSDMobileNetV2:
     """Batched COCO detection; the graph resizes every frame to input_size x input_size internally."""
     class_names = COCO_NAMES
@@ -38,7 +56,7 @@ class SSDMobileNetV2:
             self.net = cv2.dnn.readNetFromTensorflow(str(graph), str(config))
         except cv2.error as exc:
             raise ModelError(f"ssd_mobilenet_v2: {graph} is not a readable TF graph: {exc}") from None
-        self.input_size, self.score_threshold = input_size, score_threshold
+        self.graph, self.input_size, self.score_threshold = graph, input_size, score_threshold
         if threads:
             cv2.setNumThreads(threads)
 
@@ -48,19 +66,7 @@ class SSDMobileNetV2:
         blob = cv2.dnn.blobFromImages(frames, size=(self.input_size, self.input_size), swapRB=True)
         self.net.setInput(blob)
         rows = self.net.forward().reshape(-1, 7)  # (img, class_id 1..90, score, x1, y1, x2, y2 normalized)
-        rows = rows[rows[:, 2] >= self.score_threshold]
-        out = []
-        for i, frame in enumerate(frames):
-            mine = rows[rows[:, 0] == i]
-            ids = CONTIGUOUS_FROM_ID[np.clip(mine[:, 1].astype(np.int64), 0, 90)]
-            mine, ids = mine[ids >= 0], ids[ids >= 0]
-            h, w = frame.shape[:2]
-            xyxy = np.clip(mine[:, 3:7], 0.0, 1.0) * np.array([w, h, w, h], np.float32)
-            keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
-            order = np.argsort(-mine[keep, 2], kind="stable")
-            out.append(Detections(xyxy[keep][order].astype(np.float32), mine[keep, 2][order].astype(np.float32),
-                                  ids[keep][order]))
-        return out
+        return rows_to_detections(rows, frames, self.score_threshold)
 
 
 @DETECTORS.register("ssd_mobilenet_v2")

@@ -54,7 +54,7 @@ def dino_pos_embed(pos_embed: torch.Tensor, height: int, width: int, patch: int)
     """Resize pos_embed (1, 1+N, D) to an input of height x width pixels the way DINO does:
     bicubic with scale factor (grid + 0.1) / sqrt(N), no antialias. Returns (1, 1+h*w, D)."""
     n = pos_embed.shape[1] - 1
-    h, w = height // patch, width // patch
+    h, w = int(height) // patch, int(width) // patch  # int(): fixed sizes when traced for export
     if h * w == n and height == width:
         return pos_embed
     side = math.sqrt(n)
@@ -69,8 +69,18 @@ def dino_pos_embed(pos_embed: torch.Tensor, height: int, width: int, patch: int)
     return torch.cat([pos_embed[:, :1], grid], dim=1)
 
 
+class _CLS(torch.nn.Module):
+    def __init__(self, vit: "Student"):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit.features(x)  # (B, D)
+
+
 class Student(VisionTransformer):
     """A DINO ViT backbone; its state dict has exactly the keys of the official DINO checkpoints."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
 
     def __init__(self, arch: str = "vit_small_patch16", input_size: int = 224, batch_size: int = 64,
                  device: str = "cpu", precision: str = "auto", drop_path_rate: float = 0.0):
@@ -96,6 +106,10 @@ class Student(VisionTransformer):
         x = self.norm_pre(self.patch_drop(self.pos_drop(x)))
         x = self.norm(self.blocks(x))  # (B, 1+h*w, D)
         return x[:, 0]  # (B, D)
+
+    def network(self) -> torch.nn.Module:
+        """The fp32 network of `features`, for export to another runtime (models/compiled.py)."""
+        return _CLS(self)
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         """crops: BGR uint8 (h, w, 3) of any sizes -> (N, dim) float32 CLS embeddings.

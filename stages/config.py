@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import yaml
 
+from models.registry import ModelError
+from models.runtimes import check as check_runtime
 from owd.errors import OwdError
 
 
@@ -31,6 +33,9 @@ def between(low: float, high: float) -> dict:
 def above(low: float) -> dict:
     """Strictly greater than low (timeouts, periods)."""
     return {"above": low}
+
+
+Runtime = Literal["auto", "torch", "openvino", "onnxruntime", "opencv"]  # models/runtimes.py RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class DetectSettings:
     nms_iou: float = field(default=0.7, metadata=between(0, 1))  # class-agnostic NMS: of boxes overlapping more than
     #                                                             this (IoU), the best-scoring stays; 1 = off
     threads: int = field(default=1, metadata=at_least(0))   # 0 = the libraries' default
+    runtime: Runtime = "auto"    # auto: the fastest installed one, measured once per CPU (models/runtimes.py)
     options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
 
 
@@ -64,6 +70,7 @@ class EmbedSettings:
     batch_frames: int = field(default=4, metadata=at_least(1))  # frames whose crops are embedded in one call
     batch_timeout_ms: int = field(default=20, metadata=at_least(0))
     threads: int = field(default=1, metadata=at_least(0))
+    runtime: Runtime = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -199,6 +206,11 @@ def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Se
         node[leaf] = value
     settings = build(Settings, data, "")
     _check_transport(settings.transport)
+    for name, s in (("detect", settings.detect), ("embed", settings.embed)):
+        try:
+            check_runtime(s.model, s.runtime, s.device)
+        except ModelError as exc:
+            raise ConfigError(f"config key '{name}.runtime': {exc}") from None
     if settings.gate.track and settings.gate.vote_min > settings.gate.vote_window:
         raise ConfigError(f"config key 'gate.vote_min' ({settings.gate.vote_min}) must not exceed 'gate.vote_window' "
                           f"({settings.gate.vote_window}): no track could ever be labelled")

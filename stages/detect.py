@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import zmq
 
+from models.compiled import build_detector
 from models.detections import Detector
 from models.nms import suppress
-from models.registry import DETECTORS
 from stages.process import StageProcess, limit_threads
 from stream.messages import EndOfStream, Frame, FrameDetections
 
@@ -45,12 +45,12 @@ class Freshest:
 def run(stage: StageProcess) -> int:
     s = stage.settings.detect
     limit_threads(s.threads)
-    model = DETECTORS.create(s.model, weights=s.weights, device=s.device, **s.options)
+    model = build_detector(s.model, s.runtime, s.threads, weights=s.weights, device=s.device, **s.options)
     # Live: queues of one and batches of only what is already waiting, so the freshest frame goes through.
     hwm = 1 if stage.live else None
     inbox = stage.inbox(stage.socket(zmq.PULL, "frames", bind=False, hwm=hwm), "detect", (Frame, EndOfStream))
     out = stage.socket(zmq.PUSH, "detections", bind=True, hwm=hwm)
-    stage.started(model=s.model, batch_size=s.batch_size)
+    stage.started(model=s.model, batch_size=s.batch_size, runtime=model.runtime)
     fresh = Freshest(stage) if stage.live else (lambda batch: batch)
     frames = stage.relay_batches(inbox, out, s.batch_size, 0 if stage.live else s.batch_timeout_ms,
                                  lambda batch: detect(model, fresh(batch), s.score_threshold, s.min_box, s.nms_iou))

@@ -5,8 +5,8 @@ import numpy as np
 import zmq
 
 from models.boxes import crop
+from models.compiled import build_embedder
 from models.detections import Embedder
-from models.registry import EMBEDDERS
 from stages.process import StageProcess, limit_threads
 from stream.messages import EndOfStream, FrameDetections, FrameEmbeddings
 
@@ -25,12 +25,12 @@ def embed(model: Embedder, msgs: list[FrameDetections]) -> list[FrameEmbeddings]
 def run(stage: StageProcess) -> int:
     s = stage.settings.embed
     limit_threads(s.threads)
-    model = EMBEDDERS.create(s.model, weights=s.weights, device=s.device, **s.options)
+    model = build_embedder(s.model, s.runtime, s.threads, weights=s.weights, device=s.device, **s.options)
     hwm = 1 if stage.live else None  # live: see detect
     inbox = stage.inbox(stage.socket(zmq.PULL, "detections", bind=False, hwm=hwm), "embed",
                         (FrameDetections, EndOfStream))
     out = stage.socket(zmq.PUSH, "embeddings", bind=True, hwm=hwm)
-    stage.started(model=s.model, dim=model.dim)
+    stage.started(model=s.model, dim=model.dim, runtime=model.runtime)
     frames = stage.relay_batches(inbox, out, s.batch_frames, 0 if stage.live else s.batch_timeout_ms,
                                  lambda batch: embed(model, batch))
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)

@@ -25,8 +25,17 @@ ORDER = ("capture", "detect", "embed", "gate", "cluster", "sink")  # the order i
 REPLAYED_AFTER = {"detect", "embed", "gate", "sink"}  # their restart may lose frames in flight
 
 
-def stage_env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+# Model stages keep freed activation buffers instead of returning them to the OS: glibc's default mmaps big
+# blocks and trims the heap, so every batch re-faulted its buffers (2-3 k page faults per crop, ~45 % of
+# the torch embedder's time, docs/runtimes.md). Settings already in the environment win.
+MODEL_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "-1"}
+
+
+def stage_env(stage: str = "") -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    if stage in ("detect", "embed"):
+        env = dict(MODEL_MALLOC, **env)
+    return env
 
 
 def make_run_dir() -> str:
@@ -115,7 +124,7 @@ class Supervisor:
         read, write = os.pipe()
         os.set_blocking(read, False)
         os.set_blocking(write, False)
-        env = dict(stage_env(), **{HEARTBEAT_ENV: str(write), ATTEMPT_ENV: str(child.attempt),
+        env = dict(stage_env(child.name), **{HEARTBEAT_ENV: str(write), ATTEMPT_ENV: str(child.attempt),
                                    SUPERVISED_ENV: "1" if self.supervised else "0",
                                    STOP_ENV: "1" if child.stopping else "0"})
         # Own process group: a terminal's Ctrl-C reaches only us, and we decide how to stop.
