@@ -18,6 +18,7 @@ TINY = {
                               "--steps", "1", "--batches", "1", "--threads", "1"],
     "bench_discovery.py": ["--sizes", "300", "--dims", "16", "--classes", "10", "--embeddings", "/nonexistent",
                            "--threads", "1"],
+    "bench_nms.py": ["--source", BIKES, "--frames", "4"],
     "bench_pipeline.py": ["--source", BIKES, "--frames", "8"],
     "bench_restart.py": ["--stage", "gate", "--at", "3", "--source", BIKES, "--set", "capture.max_frames=12"],
     "bench_student.py": ["--crops", "2", "--seconds", "0.1", "--threads", "1"],
