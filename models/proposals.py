@@ -58,26 +58,34 @@ def merge(confident: np.ndarray, low: np.ndarray, low_scores: np.ndarray, motion
 
 
 class ViewMotion:
-    """Measures whether the camera's view moves: phase correlation of consecutive downscaled frames. The
-    view counts as still after `settle` frames in a row shifted by at most `max_shift` px with a clear
-    correlation peak (`min_response`); unrelated images (a folder of photos) give no clear peak."""
+    """Measures whether the camera's view moves: the median displacement of corners tracked (Lucas-Kanade)
+    between consecutive downscaled frames, robust to objects moving in a still view as long as most corners
+    lie on the background. The view counts as still after `settle` frames in a row whose median shift is
+    at most `max_shift` px (full frame) with at least half the corners found again; unrelated images (a
+    folder of photos) find too few."""
 
-    def __init__(self, max_shift: float = 1.5, min_response: float = 0.2, settle: int = 5):
-        self.max_shift, self.min_response, self.settle = max_shift, min_response, settle
+    def __init__(self, max_shift: float = 1.0, settle: int = 5, corners: int = 200):
+        self.max_shift, self.settle, self.corners = max_shift, settle, corners
         self.prev: np.ndarray | None = None
-        self.window: np.ndarray | None = None
         self.still_for = 0
-        self.shift, self.response = 0.0, 0.0
+        self.shift, self.found = 0.0, 0.0
 
     def update(self, small_gray: np.ndarray, scale: float) -> bool:
-        """small_gray: float32 frame at `scale` of full size -> True when the view is still."""
-        if self.prev is None or self.prev.shape != small_gray.shape:
-            self.prev, self.still_for = small_gray, 0
-            self.window = cv2.createHanningWindow(small_gray.shape[::-1], cv2.CV_32F)
+        """small_gray: uint8 frame at `scale` of full size -> True when the view is still."""
+        prev, self.prev = self.prev, small_gray
+        if prev is None or prev.shape != small_gray.shape:
+            self.still_for = 0
             return False
-        (dx, dy), self.response = cv2.phaseCorrelate(self.prev, small_gray, self.window)
-        self.prev, self.shift = small_gray, float(np.hypot(dx, dy)) / scale
-        still = self.shift <= self.max_shift and self.response >= self.min_response
+        points = cv2.goodFeaturesToTrack(prev, self.corners, 0.01, 5)
+        if points is None or len(points) < 10:
+            self.shift, self.found = float("inf"), 0.0
+        else:
+            moved, status, _ = cv2.calcOpticalFlowPyrLK(prev, small_gray, points, None)
+            ok = status.ravel() == 1
+            self.found = float(ok.mean())
+            d = (moved - points).reshape(-1, 2)[ok]
+            self.shift = float(np.hypot(*np.median(d, axis=0))) / scale if len(d) else float("inf")
+        still = self.shift <= self.max_shift and self.found >= 0.5
         self.still_for = self.still_for + 1 if still else 0
         return self.still_for >= self.settle
 
@@ -85,13 +93,15 @@ class ViewMotion:
 class MotionProposer:
     """Foreground regions of one source (OpenCV MOG2, shadows ignored) as boxes in full-frame pixels.
 
-    `history` sets how slowly the background learns: an object that stops stays foreground for about
-    history/10 frames. mode "auto" proposes only while ViewMotion measures the view as still (a moving
+    `history` sets how slowly the background learns after the first `warm` frames: an object that stops
+    stays foreground for about history/10 frames (and so does the ghost of one that was there at the start
+    and left). mode "auto" proposes only while ViewMotion measures the view as still (a moving
     view restarts the background); "on" always; "off" never."""
 
     def __init__(self, mode: str = "auto", history: int = 2000, width: int = 320, min_box: int = 12,
-                 max_share: float = 0.25):
+                 max_share: float = 0.25, warm: int = 20):
         self.mode, self.history, self.width, self.min_box, self.max_share = mode, history, width, min_box, max_share
+        self.warm = warm
         self.view = ViewMotion()
         self.subtractor = self._new()
         self.frames = 0
@@ -109,12 +119,13 @@ class MotionProposer:
         h, w = image.shape[:2]
         scale = min(1.0, self.width / w)
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        still = self.view.update(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32), scale)
+        still = self.view.update(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), scale)
         if self.mode == "auto" and not still:
             if self.frames:
                 self.subtractor, self.frames = self._new(), 0  # the view moved: a new background from here
             return none
-        mask = self.subtractor.apply(small)
+        # the first `warm` frames learn fast (MOG2's 1/n), then 1/history: a stopped object fades slowly
+        mask = self.subtractor.apply(small, learningRate=-1 if self.frames < self.warm else 1.0 / self.history)
         self.frames += 1
         if self.frames < 10:  # the background is still being learnt
             return none
