@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Open-world detection on ground truth: objects the COCO detector does not know, composited over vtest.avi.
 
-    python benchmarks/bench_openworld.py [--moving 150 --stopped 60 --still 80] [--set detect.KEY=V ...]
+    python benchmarks/bench_openworld.py [--empty 30 --moving 80 --stopped 30 --still 40] [--set detect.KEY=V ...]
 
 The video comes from tools/openworld_video.py (exact boxes and classes). Every frame goes through the
 stages' own functions in one process, twice: "today" (confident detector boxes only) and "open-world"
@@ -130,9 +130,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     p.add_argument("--empty", type=int, default=30)
-    p.add_argument("--moving", type=int, default=150)
-    p.add_argument("--stopped", type=int, default=60)
-    p.add_argument("--still", type=int, default=80)
+    p.add_argument("--moving", type=int, default=80)
+    p.add_argument("--stopped", type=int, default=30)
+    p.add_argument("--still", type=int, default=40)
     p.add_argument("--period", type=int, default=10, help="frames between discovery rounds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
