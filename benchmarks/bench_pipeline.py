@@ -76,7 +76,7 @@ def stage_costs(settings, det, emb, frames):
     limit_threads(d.threads)
     t, dets = time.perf_counter(), []
     for i in range(0, len(frames), d.batch_size):
-        dets += detect(det, frames[i:i + d.batch_size], d.score_threshold, d.min_box)
+        dets += detect(det, frames[i:i + d.batch_size], d.score_threshold, d.min_box, d.nms_iou)
     det_ms = 1000 * (time.perf_counter() - t) / len(frames)
     limit_threads(e.threads)
     t, embs = time.perf_counter(), []

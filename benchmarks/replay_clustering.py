@@ -31,7 +31,8 @@ from models.sddc import UNSEEN, Gate  # noqa: E402
 from models.tracks import BoxTracker, LabelVotes  # noqa: E402
 from models.discovery import DiscoveryRules, UnseenBuffer, discover  # noqa: E402
 from stages.config import ClusterSettings, load  # noqa: E402
-from stages.detect import detect  # noqa: E402
+from models.openworld import TrackAges  # noqa: E402
+from stages.detect import Proposals, detect  # noqa: E402
 from stages.embed import embed  # noqa: E402
 from stages.gate import label  # noqa: E402
 from stream.messages import Frame, FrameEmbeddings  # noqa: E402
@@ -42,33 +43,41 @@ VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 def compute(settings, source: str, cache: Path, max_frames: int = 0) -> None:
     d, e = settings.detect, settings.embed
     det = DETECTORS.create(d.model, weights=d.weights, device=d.device, **d.options)
+    proposals = None
+    if d.proposals:  # the detect stage's class-agnostic proposals, as in a run
+        proposals = Proposals(d.proposal_score, d.proposal_iou, d.max_proposals, d.motion, d.motion_history, d.min_box)
+        det.score_threshold = min(getattr(det, "score_threshold", 0.0), d.proposal_score)
     emb = EMBEDDERS.create(e.model, weights=e.weights, device=e.device, **e.options)
     cap = cv2.VideoCapture(source)
     rows = []
     while not max_frames or len(rows) < max_frames:
         ok, image = cap.read()
-        if not ok:
+        if not ok or max_frames and len(rows) >= max_frames:
             break
-        rows.append(embed(emb, detect(det, [Frame(source, len(rows), 0.0, image)], d.score_threshold, d.min_box))[0])
+        rows.append(embed(emb, detect(det, [Frame(source, len(rows), 0.0, image)], d.score_threshold, d.min_box,
+                                      d.nms_iou, proposals))[0])
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, n=np.array([len(m) for m in rows]), xyxy=np.concatenate([m.xyxy for m in rows]),
              scores=np.concatenate([m.scores for m in rows]), labels=np.array([x for m in rows for x in m.det_labels]),
-             emb=np.concatenate([m.embeddings for m in rows]), shape=np.array(rows[0].image.shape))
+             emb=np.concatenate([m.embeddings for m in rows]), shape=np.array(rows[0].image.shape),
+             origins=np.array([o for m in rows for o in m.origins]))
 
 
-def replay(data, s: ClusterSettings, alpha: float, period: int, pool: float = 0.0) -> tuple[int, dict[str, float], tuple[float, float], str]:
+def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5,
+           pool: float = 0.0) -> tuple[int, dict[str, float], tuple[float, float], str]:
     n, offsets = data["n"], np.concatenate([[0], np.cumsum(data["n"])])
     image = np.zeros(tuple(data["shape"]), np.uint8)
-    gate, tracker, votes = Gate.empty(), BoxTracker(), LabelVotes()
+    gate, tracker, votes, ages = Gate.empty(), BoxTracker(), LabelVotes(), TrackAges()
     gate.pool = pool
+    origins = data.get("origins", np.full(int(n.sum()), "detector"))  # caches from before proposals: detector only
     buffer = UnseenBuffer(s.buffer_size, s.per_track)
     rules = DiscoveryRules.from_settings(s)
     late = []  # (label, detector class) over the second half
     for f in range(len(n)):
         a, b = offsets[f], offsets[f + 1]
         msg = FrameEmbeddings("replay", f, 0.0, image, data["xyxy"][a:b], data["scores"][a:b],
-                              tuple(data["labels"][a:b]), data["emb"][a:b])
-        labeled, unseen = label(gate, msg, tracker, votes, thumb=8)
+                              tuple(data["labels"][a:b]), data["emb"][a:b], origins=tuple(origins[a:b]))
+        labeled, unseen = label(gate, msg, tracker, votes, 8, ages, persist)
         if len(unseen):
             buffer.add(unseen.embeddings, unseen.track)
         if f % period == period - 1:
@@ -93,8 +102,8 @@ def main() -> None:
     p.add_argument("--source", default=VTEST)
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     p.add_argument("--cache", default=str(ROOT / "out" / "replay.npz"))
+    p.add_argument("--max-frames", type=int, default=0, help="only the first N frames (0: all)")
     p.add_argument("--period", type=int, default=25, help="frames between clustering runs")
-    p.add_argument("--max-frames", type=int, default=0, help="first N frames only (0: all; a new --cache)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", help="ClusterSettings values to sweep")
     args = p.parse_args()
     settings = load(args.config)
@@ -107,7 +116,8 @@ def main() -> None:
     print(f"{args.source}: {len(data['n'])} frames, {int(data['n'].sum())} boxes; base {settings.cluster}")
     for values in itertools.product(*grid.values()) if grid else [()]:
         s = dataclasses.replace(settings.cluster, **dict(zip(grid, values)))
-        classes, coverage, purity, majority = replay(data, s, settings.gate.alpha, args.period, settings.gate.radius_pool)
+        classes, coverage, purity, majority = replay(data, s, settings.gate.alpha, args.period, settings.gate.persist,
+                                                     settings.gate.radius_pool)
         cov = "  ".join(f"{c} {v:.2f}" for c, v in coverage.items())
         print(f"{dict(zip(grid, values))}  classes {classes:3d}  labelled: {cov}  purity {purity[0]:.2f} "
               f"(car/truck as one: {purity[1]:.2f})\n    boxes of each class (2nd half): {majority}", flush=True)

@@ -60,6 +60,18 @@ class DetectSettings:
     threads: int = field(default=1, metadata=at_least(0))   # 0 = the libraries' default
     runtime: Runtime = "auto"    # auto: the fastest installed one, measured once per CPU (models/runtimes.py)
     options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
+    # Class-agnostic proposals beside the confident boxes (models/proposals.py); the gate keeps those it can explain.
+    # Off by default: on the open-world benchmark they find moving unknown objects (recall 0.82) but add 5.4 false
+    # boxes per frame and merge vtest's vans with its people (docs/open-world.md); `--set detect.proposals=true`.
+    proposals: bool = False
+    proposal_score: float = field(default=0.1, metadata=between(0, 1))  # detector boxes of any class from this
+    #                                                                    score up to score_threshold are proposals
+    proposal_iou: float = field(default=0.5, metadata=between(0, 1))  # class-agnostic NMS over all boxes
+    max_proposals: int = field(default=20, metadata=at_least(0))      # low-score proposals per frame, best first
+    motion: Literal["auto", "on", "off"] = "auto"  # background-subtraction regions; auto: while frame
+    #                                                 registration measures the view as still
+    motion_history: int = field(default=2000, metadata=at_least(1))  # MOG2 history (frames); a stopped object
+    #                                                                  stays foreground about history/10 frames
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,8 @@ class GateSettings:
     vote_share: float = field(default=0.6, metadata=between(0, 1))  # ... and this share for the majority label
     thumb: int = field(default=128, metadata=between(1, 1024))  # longest side (px) of the example crops sent to
     #                                                               clustering (aspect kept, smaller ones as they are)
+    persist: int = field(default=5, metadata=at_least(1))  # frames a track needs before an unseen proposal or
+    #                                                        motion box on it is kept (shorter: a flicker, dropped)
 
 
 @dataclass(frozen=True)

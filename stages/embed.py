@@ -17,7 +17,7 @@ def embed(model: Embedder, msgs: list[FrameDetections]) -> list[FrameEmbeddings]
     out, start = [], 0
     for m in msgs:
         out.append(FrameEmbeddings(m.source, m.index, m.ts, m.image, m.xyxy, m.scores, m.det_labels,
-                                   vectors[start:start + len(m)]))
+                                   vectors[start:start + len(m)], origins=m.origins))
         start += len(m)
     return out
 

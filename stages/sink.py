@@ -30,7 +30,7 @@ def records(msg: LabeledFrame, now: float) -> list[dict]:
                     "bbox": [round(float(v), 1) for v in msg.xyxy[i]], "label": msg.labels[i],
                     "seen": bool(msg.seen[i]), "distance": float(msg.distance[i]),
                     "score": round(float(msg.scores[i]), 4), "det_label": msg.det_labels[i],
-                    "track": int(msg.track[i])})
+                    "track": int(msg.track[i]), "origin": msg.origins[i]})
     return out
 
 

@@ -156,12 +156,24 @@ class _Boxes(Frame):
         return dataclasses.replace(self, **picked)
 
 
+ORIGINS = ("detector", "proposal", "motion")  # where a box came from (models/proposals.py)
+
+
 @dataclass(frozen=True)
 class FrameDetections(_Boxes):
     xyxy: np.ndarray       # (N, 4) float32, absolute pixels
     scores: np.ndarray     # (N,) float32
     det_labels: tuple[str, ...]  # (N,) the detector's class name of each box
-    columns: ClassVar[tuple[str, ...]] = ("xyxy", "scores", "det_labels")
+    # (N,) each box's origin in ORIGINS; keyword-only, and () means every box is the detector's
+    origins: tuple[str, ...] = field(default=(), kw_only=True)
+    columns: ClassVar[tuple[str, ...]] = ("xyxy", "scores", "det_labels", "origins")
+
+    def __post_init__(self):
+        if isinstance(self.origins, (list, tuple)) and not self.origins and isinstance(self.det_labels, (list, tuple)) and len(self.det_labels):
+            object.__setattr__(self, "origins", ("detector",) * len(self.det_labels))
+        super().__post_init__()
+        if not set(self.origins) <= set(ORIGINS):
+            raise ValueError(f"{type(self).__name__}.origins must each be one of {', '.join(ORIGINS)}")
 
     @classmethod
     def empty(cls, frame: Frame) -> "FrameDetections":

@@ -19,6 +19,7 @@ TINY = {
     "bench_discovery.py": ["--sizes", "300", "--dims", "16", "--classes", "10", "--embeddings", "/nonexistent",
                            "--threads", "1"],
     "bench_nms.py": ["--source", BIKES, "--frames", "4"],
+    "bench_openworld.py": ["--empty", "2", "--moving", "4", "--stopped", "2", "--still", "2", "--period", "4"],
     "bench_pipeline.py": ["--source", BIKES, "--frames", "8"],
     "bench_restart.py": ["--stage", "gate", "--at", "3", "--source", BIKES, "--set", "capture.max_frames=12"],
     "bench_student.py": ["--crops", "2", "--seconds", "0.1", "--threads", "1"],

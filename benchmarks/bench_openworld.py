@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Open-world detection on ground truth: objects the COCO detector does not know, composited over vtest.avi.
+
+    python benchmarks/bench_openworld.py [--empty 30 --moving 80 --stopped 30 --still 40] [--set detect.KEY=V ...]
+
+The video comes from tools/openworld_video.py (exact boxes and classes). Every frame goes through the
+stages' own functions in one process, twice: "today" (confident detector boxes only) and "open-world"
+(the config's proposals: low-score detector boxes and motion regions, kept by the gate when explained),
+each with its own gate, tracker and discovery (every --period frames, as the cluster stage would). One
+detector call per frame serves both. Printed per phase and pipeline:
+- recall: share of object boxes some kept box covers at IoU >= 0.5 (every object is unknown to COCO);
+- false/frame: kept boxes covering no object, nor a COCO object the detector finds in the empty scene;
+- labelled: share of covered objects whose box carries a discovered class (not "unseen");
+- classes made vs real, purity (per class, the share of its object boxes of its majority class; box-
+  weighted) and NMI between true and given class over labelled object boxes;
+- known-class recall: objects of classes discovered as some class's majority, covered by a box labelled
+  with that class (the still phase's figure: only the updated box predictor can give it).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+
+from openworld_video import background, frames  # noqa: E402
+from models.discovery import DiscoveryRules, UnseenBuffer, discover  # noqa: E402
+from models.detections import Detections  # noqa: E402
+from models.openworld import TrackAges  # noqa: E402
+from models.proposals import box_iou  # noqa: E402
+from models.registry import DETECTORS, EMBEDDERS  # noqa: E402
+from models.sddc import UNSEEN, Gate  # noqa: E402
+from models.tracks import BoxTracker, LabelVotes  # noqa: E402
+from stages.config import load  # noqa: E402
+from stages.detect import Proposals, detect  # noqa: E402
+from stages.embed import embed  # noqa: E402
+from stages.gate import label  # noqa: E402
+from stream.messages import Frame  # noqa: E402
+
+
+class Fixed:
+    """A detector that returns what the real one already found for this frame."""
+
+    def __init__(self, model, result: Detections):
+        self.class_names, self.result = model.class_names, result
+
+    def detect(self, images):
+        return [self.result]
+
+
+class Run:
+    """One pipeline's gate side: gate, tracker per source, votes, ages, buffer, discovery rules."""
+
+    def __init__(self, settings):
+        self.s = settings
+        self.gate, self.votes = Gate.empty(set_size=settings.gate.set_size), LabelVotes(
+            settings.gate.vote_window, settings.gate.vote_min, settings.gate.vote_share)
+        self.trackers, self.ages = defaultdict(BoxTracker), defaultdict(TrackAges)
+        self.buffer = UnseenBuffer(settings.cluster.buffer_size, settings.cluster.per_track)
+        self.rules = DiscoveryRules.from_settings(settings.cluster)
+        self.rows = []  # per frame: (phase, gt boxes, gt classes, kept boxes, labels, origins)
+
+    def step(self, msg, phase: str, gt: list[dict]) -> None:
+        labeled, unseen = label(self.gate, msg, self.trackers[msg.source], self.votes, 32,
+                                self.ages[msg.source], self.s.gate.persist)
+        if len(unseen):
+            self.buffer.add(unseen.embeddings, unseen.track)
+        self.rows.append((phase, np.array([o["bbox"] for o in gt], np.float32).reshape(-1, 4),
+                          [o["cls"] for o in gt], labeled.xyxy, labeled.labels, labeled.origins))
+
+    def cluster(self) -> None:
+        discover(self.gate, self.buffer, self.rules, self.s.gate.alpha)
+
+
+def nmi(a: list, b: list) -> float:
+    if not a:
+        return float("nan")
+    ua, ia = np.unique(a, return_inverse=True)
+    ub, ib = np.unique(b, return_inverse=True)
+    joint = np.zeros((len(ua), len(ub)))
+    np.add.at(joint, (ia, ib), 1)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = (p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum()
+    ha, hb = -(pa * np.log(pa)).sum(), -(pb * np.log(pb)).sum()
+    return float(mi / max(np.sqrt(ha * hb), 1e-12)) if ha > 0 and hb > 0 else float(ha == hb == 0)
+
+
+def score(run: Run, phase: str, known: np.ndarray) -> dict:
+    covered = total = false = 0
+    pairs = []  # (true class, given label) of covered objects
+    frames_n = 0
+    for ph, g, classes, xyxy, labels, origins in run.rows:
+        if ph != phase:
+            continue
+        frames_n += 1
+        iou = box_iou(g, xyxy)
+        best = iou.argmax(axis=1) if len(xyxy) else np.zeros(len(g), int)
+        hit = iou.max(axis=1, initial=0) >= 0.5
+        covered, total = covered + hit.sum(), total + len(g)
+        pairs += [(classes[i], labels[best[i]]) for i in np.flatnonzero(hit)]
+        on_object = iou.max(axis=0, initial=0) >= 0.5
+        on_known = box_iou(xyxy, known).max(axis=1, initial=0) >= 0.5
+        false += int((~on_object & ~on_known).sum())
+    named = [(t, p) for t, p in pairs if p != UNSEEN]
+    by_label = defaultdict(Counter)
+    for t, p in named:
+        by_label[p][t] += 1
+    majority = {p: c.most_common(1)[0][0] for p, c in by_label.items()}
+    purity = sum(c.most_common(1)[0][1] for c in by_label.values()) / max(len(named), 1)
+    found = set(majority.values())
+    known_objects = sum(1 for ph, g, classes, *_ in run.rows if ph == phase for c in classes if c in found)
+    known_hits = sum(1 for t, p in named if majority.get(p) == t and t in found)
+    return {"recall": covered / max(total, 1), "false": false / max(frames_n, 1),
+            "labelled": len(named) / max(len(pairs), 1), "classes": len(by_label), "purity": purity,
+            "nmi": nmi([t for t, _ in named], [p for _, p in named]),
+            "known_recall": known_hits / max(known_objects, 1), "found": sorted(found)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    p.add_argument("--empty", type=int, default=30)
+    p.add_argument("--moving", type=int, default=80)
+    p.add_argument("--stopped", type=int, default=30)
+    p.add_argument("--still", type=int, default=40)
+    p.add_argument("--period", type=int, default=10, help="frames between discovery rounds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    args = p.parse_args()
+    overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
+    settings = load(args.config, overrides)
+    d, e = settings.detect, settings.embed
+    model = DETECTORS.create(d.model, weights=d.weights, device=d.device, **d.options)
+    if getattr(model, "score_threshold", 0.0) > d.proposal_score:
+        model.score_threshold = d.proposal_score
+    embedder = EMBEDDERS.create(e.model, weights=e.weights, device=e.device, **e.options)
+    known = detect(model, [Frame("bg", 0, 0.0, background())], d.score_threshold, d.min_box, d.nms_iou)[0].xyxy
+    proposals = Proposals(d.proposal_score, d.proposal_iou, d.max_proposals, d.motion, d.motion_history, d.min_box)
+    today, new = Run(settings), Run(settings)
+    t0, n = time.monotonic(), 0
+    origins = Counter()
+    for i, (phase, source, image, gt) in enumerate(frames(args.moving, args.stopped, args.still, args.seed, empty=args.empty)):
+        frame = Frame(source, i, 0.0, image)
+        fixed = Fixed(model, model.detect([image])[0])
+        msg = embed(embedder, detect(fixed, [frame], d.score_threshold, d.min_box, d.nms_iou, proposals))[0]
+        origins.update(msg.origins)
+        today.step(msg[np.array([o == "detector" for o in msg.origins], bool)], phase, gt)
+        new.step(msg, phase, gt)
+        if i % args.period == args.period - 1:
+            today.cluster()
+            new.cluster()
+        n += 1
+    print(f"{n} frames in {time.monotonic() - t0:.0f} s; boxes before the gate by origin: {dict(origins)}; "
+          f"COCO objects in the empty scene: {len(known)}")
+    print("phase    pipeline    recall  false/frame  labelled  classes/real  purity   NMI  known-class recall")
+    for phase in ("empty", "moving", "stopped", "still"):
+        for name, run in (("today", today), ("open-world", new)):
+            r = score(run, phase, known)
+            print(f"{phase:8s} {name:10s}  {r['recall']:6.2f}  {r['false']:11.2f}  {r['labelled']:8.2f}  "
+                  f"{r['classes']:7d}/6  {r['purity']:6.2f}  {r['nmi']:4.2f}  {r['known_recall']:6.2f} "
+                  f"({', '.join(r['found'])})", flush=True)
+    print(f"classes at the end: today {len(today.gate)}, open-world {len(new.gate)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
