@@ -19,6 +19,7 @@ from stages.classes import control_endpoint
 from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
 from stages.supervisor import Supervisor, make_run_dir, stage_env
 from stream.sources import is_live
+from stream.topology import LINKS
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
@@ -124,6 +125,8 @@ def with_endpoints(settings: Settings, run_dir: str) -> Settings:
     for the control socket, which sits beside the class memory file so `classes` commands find it."""
     given = settings.transport.endpoints
     endpoints = {name: given.get(name) or f"ipc://{run_dir}/{name}" for name in ENDPOINT_NAMES}
+    if not given.get("stats") and not settings.metrics.port:
+        endpoints["stats"] = None  # no /metrics: the stages keep their counts to themselves
     if not given.get("control") and settings.gate.memory:
         endpoints["control"] = control_endpoint(settings.gate.memory)
     return dataclasses.replace(settings, transport=dataclasses.replace(settings.transport, endpoints=endpoints))
@@ -155,7 +158,7 @@ def main(argv: list[str]) -> int:
         settings = load(args.config)
         settings = load(args.config, overrides(args, settings))
         if args.only:
-            needed = [n for n in ENDPOINT_NAMES if n != "acks"]  # acks: only within one supervised run
+            needed = [n for n in ENDPOINT_NAMES if not LINKS[n].optional]  # acks: within one supervised run
             missing = [n for n in needed if not settings.transport.endpoints.get(n)]
             if missing:
                 raise ConfigError(f"--only needs every endpoint in transport.endpoints; missing: {', '.join(missing)}")
@@ -177,6 +180,9 @@ def main(argv: list[str]) -> int:
             if code:
                 return code
         return Supervisor(with_endpoints(settings, run_dir)).run()
+    except OSError as exc:  # e.g. the metrics port is taken
+        print(f"owd: {exc}", file=sys.stderr)
+        return 2
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -19,7 +19,7 @@ class Ledger:
 
     def __init__(self, stage: StageProcess, source: str):
         self.stage, self.source = stage, source
-        self.acks = Inbox(stage.socket(zmq.PULL, "acks", bind=True, hwm=1000), "capture/acks", (Event,))
+        self.acks = Inbox(stage.socket("acks", hwm=1000), "capture/acks", (Event,))
         self.pending: dict[int, Frame | float] = {}
         self.committed = Committed()
         self.heard = self.progress = time.monotonic()  # last ack / last frame committed or restart
@@ -54,7 +54,7 @@ def run(stage: StageProcess) -> int:
     if live and not isinstance(source, LiveSource):
         raise ValueError("capture.mode: live needs a camera index or a URL")
     # Live: a queue of one, so what reaches the detector is never older than one frame.
-    out = stage.socket(zmq.PUSH, "frames", bind=True, hwm=1 if live else None)
+    out = stage.socket("frames", hwm=1 if live else None)
     ledger = Ledger(stage, source.name) if stage.supervised else None
     stage.started(source=source.name, live=live, fps=float(source.fps))
     try:

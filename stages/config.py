@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import yaml
 
+from stream.topology import ENDPOINT_NAMES
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
@@ -49,6 +51,7 @@ class DetectSettings:
     min_box: int = field(default=12, metadata=at_least(0))  # boxes narrower or shorter than this (pixels) are dropped
     threads: int = field(default=1, metadata=at_least(0))   # 0 = the libraries' default
     options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
+    workers: int = field(default=1, metadata=between(1, 64))  # local detect processes (more may join: --only detect)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class EmbedSettings:
     batch_timeout_ms: int = field(default=20, metadata=at_least(0))
     threads: int = field(default=1, metadata=at_least(0))
     options: dict[str, Any] = field(default_factory=dict)
+    workers: int = field(default=1, metadata=between(1, 64))  # local embed processes (more may join: --only embed)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,10 @@ class GateSettings:
     vote_share: float = field(default=0.6, metadata=between(0, 1))  # ... and this share for the majority label
     thumb: int = field(default=128, metadata=between(1, 1024))  # longest side (px) of the example crops sent to
     #                                                               clustering (aspect kept, smaller ones as they are)
+    reorder_frames: int = field(default=32, metadata=between(1, 4096))  # file mode: frames held per source to put
+    #                                                               them back in order (workers finish out of order);
+    #                                                               past this a missing frame is skipped, counted
+    reorder_s: float = field(default=10.0, metadata=above(0))     # ... or once the oldest held frame waited this long
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,11 @@ class TransportSettings:
     live_window: int = field(default=2, metadata=at_least(1))        # live mode: frames in flight at once
 
 
-ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control", "acks")
+@dataclass(frozen=True)
+class MetricsSettings:
+    port: int = field(default=0, metadata=between(0, 65535))  # Prometheus /metrics and /health on 127.0.0.1; 0 = off
+    hold_s: float = field(default=0.0, metadata=at_least(0))  # keep serving this long after the run ended (a last
+    #                                                           scrape; Ctrl-C ends the wait)
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
     transport: TransportSettings = field(default_factory=TransportSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def crops_dir(self) -> Path | None:

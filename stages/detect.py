@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import zmq
 
 from models.detections import Detector
 from models.registry import DETECTORS
@@ -45,8 +44,8 @@ def run(stage: StageProcess) -> int:
     model = DETECTORS.create(s.model, weights=s.weights, device=s.device, **s.options)
     # Live: queues of one and batches of only what is already waiting, so the freshest frame goes through.
     hwm = 1 if stage.live else None
-    inbox = stage.inbox(stage.socket(zmq.PULL, "frames", bind=False, hwm=hwm), "detect", (Frame, EndOfStream))
-    out = stage.socket(zmq.PUSH, "detections", bind=True, hwm=hwm)
+    inbox = stage.inbox(stage.socket("frames", hwm=hwm), "detect", (Frame, EndOfStream))
+    out = stage.socket("detections", hwm=hwm)
     stage.started(model=s.model, batch_size=s.batch_size)
     fresh = Freshest(stage) if stage.live else (lambda batch: batch)
     frames = stage.relay_batches(inbox, out, s.batch_size, 0 if stage.live else s.batch_timeout_ms,

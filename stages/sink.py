@@ -104,7 +104,7 @@ class Ledger:
 
     def __init__(self, stage: StageProcess, log_path: str | None):
         self.stage = stage
-        self.acks = stage.socket(zmq.PUSH, "acks", bind=False, hwm=1000) if stage.supervised else None
+        self.acks = stage.socket("acks", hwm=1000) if stage.supervised else None
         if self.acks is not None:
             self.acks.setsockopt(zmq.LINGER, 0)  # capture leaves first: acks nobody reads must not hold us
         self.committed: dict[str, Committed] = {}
@@ -166,7 +166,7 @@ def read_back(path: str) -> list[dict]:
 
 def run(stage: StageProcess) -> int:
     s = stage.settings.sink
-    frames_in = stage.inbox(stage.socket(zmq.PULL, "labeled", bind=True, hwm=1 if stage.live else None), "sink",
+    frames_in = stage.inbox(stage.socket("labeled", hwm=1 if stage.live else None), "sink",
                             (LabeledFrame, EndOfStream))
     events_in = stage.inbox(stage.events_in, "sink/events", (Event, EndOfStream))
     window = s.window if not s.headless and os.environ.get("DISPLAY") else None
