@@ -30,7 +30,8 @@ PACKAGED_MODELS = {"ssd_mobilenet_v2", "efficientnet_lite0"}  # ship their weigh
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__)
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML settings (default: configs/default.yaml)")
-    p.add_argument("--source", help="video file, image folder, webcam index (0) or rtsp:// / http:// URL")
+    p.add_argument("--source", action="append", help="video file, image folder, webcam index (0) or rtsp:// / "
+                   "http:// URL; repeat it for several files or folders in one pipeline")
     p.add_argument("--headless", action="store_true", help="no window")
     p.add_argument("--events", help="JSONL event log path (flushed per line)")
     p.add_argument("--save", help="write the annotated video here (.mp4 or .avi)")
@@ -81,13 +82,17 @@ def overrides(args: argparse.Namespace, config: Settings) -> dict:
 def check(settings: Settings) -> None:
     """Mistakes worth catching before six processes start (each raises ConfigError), and the
     folders of the output files."""
-    source = settings.capture.source
-    if not source:
+    if not settings.capture.source:
         raise ConfigError("no source: pass --source VIDEO|FOLDER|CAMERA_INDEX|URL")
-    if not is_live(source) and not Path(source).exists():
-        raise ConfigError(f"source {source!r} does not exist")
-    if settings.capture.mode == "live" and not is_live(source):
-        raise ConfigError(f"capture.mode: live needs a camera index or a URL; {source!r} is a file (use file or auto)")
+    if len(settings.capture.source) > 1 and any(map(is_live, settings.capture.source)):
+        raise ConfigError("several sources must all be files or folders (one camera or URL per pipeline for now)")
+    if len(set(settings.capture.source)) < len(settings.capture.source):
+        raise ConfigError("a source is given twice")
+    for source in settings.capture.source:
+        if not is_live(source) and not Path(source).exists():
+            raise ConfigError(f"source {source!r} does not exist")
+        if settings.capture.mode == "live" and not is_live(source):
+            raise ConfigError(f"capture.mode: live needs a camera index or a URL; {source!r} is a file (use file or auto)")
     for key, path in (("detect.weights", settings.detect.weights), ("embed.weights", settings.embed.weights)):
         if path and path != "random" and not Path(path).exists():  # "random": untrained weights (benchmarks)
             raise ConfigError(f"{key}: weights file {path} does not exist")

@@ -34,7 +34,7 @@ def above(low: float) -> dict:
 
 @dataclass(frozen=True)
 class CaptureSettings:
-    source: str = ""
+    source: list[str] = field(default_factory=list)  # one or more; several: files and folders, taken in turn
     mode: Literal["auto", "file", "live"] = "auto"  # auto: files and folders are file mode, cameras/URLs live
     max_frames: int = field(default=0, metadata=at_least(0))  # stop after this many frames; 0 = whole source
     reconnect_s: float = field(default=10.0, metadata=above(0))  # a live source silent this long ends the stream
@@ -77,10 +77,10 @@ class GateSettings:
     vote_share: float = field(default=0.6, metadata=between(0, 1))  # ... and this share for the majority label
     thumb: int = field(default=128, metadata=between(1, 1024))  # longest side (px) of the example crops sent to
     #                                                               clustering (aspect kept, smaller ones as they are)
-    reorder_frames: int = field(default=32, metadata=between(1, 4096))  # file mode: frames held per source to put
+    reorder_frames: int = field(default=64, metadata=between(1, 4096))  # file mode: frames held per source to put
     #                                                               them back in order (workers finish out of order);
     #                                                               past this a missing frame is skipped, counted
-    reorder_s: float = field(default=10.0, metadata=above(0))     # ... or once the oldest held frame waited this long
+    reorder_s: float = field(default=30.0, metadata=above(0))     # ... or once the oldest held frame waited this long
 
 
 @dataclass(frozen=True)
@@ -260,6 +260,8 @@ def _coerce(hint, value, where: str):
         if value not in args:
             raise ConfigError(f"config key {where!r} must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
+    if origin is list:  # a single value is a list of one
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value if isinstance(value, list) else [value])]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {where!r} must be a mapping, got {value!r}")

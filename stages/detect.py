@@ -34,6 +34,7 @@ class Freshest:
         newest = max(batch, key=lambda f: f.index)
         stale = sorted(f.index for f in batch if f is not newest)
         self.total += len(stale)
+        self.stage.stats.inc("dropped_frames", len(stale), newest.source)
         self.stage.emit("frame_dropped", source=newest.source, frames=stale, count=len(stale), total=self.total)
         return [newest]
 

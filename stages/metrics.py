@@ -102,9 +102,14 @@ class Metrics:
             counters, gauges, hists = self._totals("counters"), self._totals("gauges"), self._totals("hists")
             history = list(self.history)
             workers: dict[str, int] = {}
-            for (stage, _, _), proc in self.procs.items():
+            per_process = GaugeMetricFamily("owd_process_frames", "frames one process of a stage finished so far "
+                                            "(how the load spreads over workers and hosts)",
+                                            labels=["stage", "process"])
+            for (stage, host, _), proc in self.procs.items():
                 if not proc.get("final") and time.monotonic() - proc["seen"] < _ALIVE_S:
                     workers[stage] = workers.get(stage, 0) + 1
+                frames = proc["last"].get("counters", {}).get("frames", {})
+                per_process.add_metric([stage, f"{host}:{proc['pid']}"], sum(frames.values()))
         for name, rows in counters.items():
             fam = CounterMetricFamily(f"owd_{name}", HELP.get(name, name), labels=["stage", "source"])
             for (stage, source), value in sorted(rows.items()):
@@ -136,6 +141,7 @@ class Metrics:
         for stage, n in sorted(workers.items()):
             pool.add_metric([stage], n)
         yield pool
+        yield per_process
         up = GaugeMetricFamily("owd_stage_up", "1 while the supervisor's process of a stage runs",
                                labels=["stage", "worker"])
         restarts = CounterMetricFamily("owd_restarts", "restarts of a stage's processes", labels=["stage"])

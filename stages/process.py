@@ -128,7 +128,7 @@ class StageProcess:
     @property
     def live(self) -> bool:
         c = self.settings.capture
-        return c.mode == "live" or (c.mode == "auto" and is_live(c.source))
+        return c.mode == "live" or (c.mode == "auto" and any(is_live(x) for x in c.source))
 
     def inbox(self, sock: zmq.Socket, name: str, accepts: tuple[type, ...]) -> Inbox:
         return (SupervisedInbox if self.supervised else Inbox)(sock, name, accepts)

@@ -186,6 +186,7 @@ def run(stage: StageProcess) -> int:
         while not (frames_done and events_done) and not display.closed:
             ready = dict(poller.poll(200))
             ledger.summarise(stage.live)
+            stage.stats.total("rejected", frames_in.rejected + events_in.rejected)
             if not ready and stage.drained:
                 break  # supervised: told to stop, and nothing left to write
             msg = events_in.recv(0) if events_in.sock in ready else None
@@ -204,6 +205,8 @@ def run(stage: StageProcess) -> int:
                 ledger.commit(msg.source, msg.index)
                 hud.on_frame(now)
                 frames += 1
+                stage.stats.inc("frames", source=msg.source)
+                stage.stats.observe("latency", now - msg.ts, msg.source)
                 if display.active:
                     display.show(draw(msg, hud.lines(msg.index, frames_in.rejected + events_in.rejected)),
                                  hud.source_fps)
