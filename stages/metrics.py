@@ -56,7 +56,11 @@ class Metrics:
         self.running, self.code = True, None
         self.server = None
         if settings.metrics.port:
-            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", settings.metrics.port), _handler(self))
+            try:
+                self.server = http.server.ThreadingHTTPServer(("127.0.0.1", settings.metrics.port), _handler(self))
+            except OSError as exc:
+                self.close()
+                raise OSError(f"metrics.port {settings.metrics.port}: {exc.strerror}") from None
             threading.Thread(target=self.server.serve_forever, daemon=True, name="metrics").start()
 
     def poll(self) -> None:

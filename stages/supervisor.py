@@ -105,9 +105,9 @@ class Supervisor:
             self.events = open_socket(ctx, zmq.PUSH, self.settings.transport.endpoints["events"], bind=False,
                                       hwm=100, linger_ms=1000,
                                       curve=socket_curve(self.settings, "supervisor", "events", bind=False))
-        if self.supervised and self.settings.transport.endpoints.get("stats"):
-            self.metrics = Metrics(ctx, self.settings, self.children)
         try:
+            if self.supervised and self.settings.transport.endpoints.get("stats"):
+                self.metrics = Metrics(ctx, self.settings, self.children)
             for child in reversed(self.children.values()):  # consumers first, the source last
                 self._spawn(child)
             code = self._watch()
