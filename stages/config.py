@@ -80,7 +80,7 @@ class GateSettings:
     reorder_frames: int = field(default=64, metadata=between(1, 4096))  # file mode: frames held per source to put
     #                                                               them back in order (workers finish out of order);
     #                                                               past this a missing frame is skipped, counted
-    reorder_s: float = field(default=30.0, metadata=above(0))     # ... or once the oldest held frame waited this long
+    reorder_s: float = field(default=60.0, metadata=above(0))     # ... or once the oldest held frame waited this long
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,9 @@ def run(stage: StageProcess) -> int:
     s = stage.settings.detect
     limit_threads(s.threads)
     model = DETECTORS.create(s.model, weights=s.weights, device=s.device, **s.options)
+    # The first call is slow (lazy set-up, seconds on a busy CPU): made before joining the pool, so the
+    # frames dealt to this worker do not keep the gate waiting while its siblings go on.
+    model.detect([np.zeros((320, 320, 3), np.uint8)])
     # Live: queues of one and batches of only what is already waiting, so the freshest frame goes through.
     hwm = 1 if stage.live else None
     inbox = stage.inbox(stage.socket("frames", hwm=hwm), "detect", (Frame, EndOfStream))

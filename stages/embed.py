@@ -25,6 +25,7 @@ def run(stage: StageProcess) -> int:
     s = stage.settings.embed
     limit_threads(s.threads)
     model = EMBEDDERS.create(s.model, weights=s.weights, device=s.device, **s.options)
+    model.embed([np.zeros((64, 32, 3), np.uint8)])  # the slow first call before joining the pool (see detect)
     hwm = 1 if stage.live else None  # live: see detect
     inbox = stage.inbox(stage.socket("to_embed", hwm=hwm), "embed",
                         (FrameDetections, EndOfStream))
