@@ -58,7 +58,7 @@ class Ledger:
             self.pending.pop(i, None)
         if indices:
             self.stage.emit("frames_lost", source=self.source, frames=indices, count=len(indices), reason=reason)
-            print(f"owd capture: {len(indices)} frame(s) of {self.source} lost ({reason}): {indices[:20]}"
+            print(f"owd capture: {len(indices)} frame(s) lost ({reason}) of {self.source}: {indices[:20]}"
                   f"{' …' if len(indices) > 20 else ''}", file=sys.stderr)
 
 
@@ -97,8 +97,9 @@ def run(stage: StageProcess) -> int:
 
 def _drain(stage: StageProcess, ledgers: dict[str, Ledger], out: zmq.Socket, live: bool) -> int:
     """Supervised end of stream: wait until the sink logged every frame sent (replaying after restarts),
-    giving up after shutdown_timeout_s without progress; returns how many frames were lost."""
-    timeout = stage.settings.transport.shutdown_timeout_s
+    giving up after shutdown_timeout_s without progress (plus gate.reorder_s: while the gate holds a
+    source's frames for one still in a slow worker, nothing is logged); returns how many frames were lost."""
+    timeout = stage.settings.transport.shutdown_timeout_s + (0 if live else stage.settings.gate.reorder_s)
     any_ledger = next(iter(ledgers.values()))
     for ledger in ledgers.values():
         ledger.progress = time.monotonic()
