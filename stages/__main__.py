@@ -5,15 +5,15 @@ import sys
 
 from stages.lifecycle import die_with_parent, finished, install_signals, start_heartbeat  # stdlib only: before slow imports
 
-STAGES = ("capture", "detect", "embed", "gate", "cluster", "sink")
 
 
 def main(argv: list[str]) -> int:
+    install_signals()  # before the slow imports: a signal during start-up must not be a traceback
+    from stream.topology import STAGES  # small: pyzmq's constants
     if len(argv) != 1 or argv[0] not in STAGES:
         print(f"usage: python -m stages {{{','.join(STAGES)}}} < settings.json", file=sys.stderr)
         return 2
     name = argv[0]
-    install_signals()  # before the slow imports: a signal during start-up must not be a traceback
     start_heartbeat()
     die_with_parent()
     import importlib

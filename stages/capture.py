@@ -14,13 +14,17 @@ from stream.sources import LiveSource, open_source
 
 
 class Ledger:
-    """Frames sent but not yet committed by the sink, fed by the sink's acks. File mode keeps the
-    frames themselves to replay them after a restart; live mode only their send times."""
+    """Frames of one source sent but not yet committed by the sink, fed by the sink's acks (one acks
+    socket for every source: any ledger's poll hands each ack to its source's ledger). File mode
+    keeps the frames themselves to replay them after a restart; live mode only their send times."""
 
-    def __init__(self, stage: StageProcess, source: str):
-        self.stage, self.source = stage, source
-        self.acks = Inbox(stage.socket(zmq.PULL, "acks", bind=True, hwm=1000), "capture/acks", (Event,))
+    def __init__(self, stage: StageProcess, source: str, peers: dict[str, "Ledger"]):
+        self.stage, self.source, self.peers = stage, source, peers
+        self.acks = next(iter(peers.values())).acks if peers else \
+            Inbox(stage.socket("acks", hwm=1000), "capture/acks", (Event,))
+        peers[source] = self
         self.pending: dict[int, Frame | float] = {}
+        self.sent_at: dict[int, float] = {}  # file mode: when each pending frame last went out
         self.committed = Committed()
         self.heard = self.progress = time.monotonic()  # last ack / last frame committed or restart
 
@@ -29,13 +33,24 @@ class Ledger:
         while (msg := self.acks.recv(timeout_ms)) is not None or self.acks.sock.poll(0):
             timeout_ms = 0
             rec = msg.record if msg is not None else {}
-            if rec.get("type") != "committed" or rec.get("source") != self.source:
-                continue
-            self.committed.merge(int(rec.get("below", 0)), rec.get("frames", ()), int(rec.get("high", 0)))
-            self.heard = time.monotonic()
-            for index in [i for i in self.pending if i in self.committed]:
-                del self.pending[index]
-                self.progress = self.heard
+            ledger = self.peers.get(rec.get("source")) if rec.get("type") == "committed" else None
+            if ledger is not None:
+                ledger.apply(rec)
+
+    def apply(self, rec: dict) -> None:
+        self.committed.merge(int(rec.get("below", 0)), rec.get("frames", ()), int(rec.get("high", 0)))
+        self.heard = time.monotonic()
+        for index in [i for i in self.pending if i in self.committed]:
+            del self.pending[index]
+            self.sent_at.pop(index, None)
+            self.progress = self.heard
+        self.stage.stats.set("in_flight_frames", len(self.pending), self.source)
+
+    def holes(self, after_s: float) -> list[int]:
+        """Pending frames that later ones overtook in the log long ago: lost with a worker that was
+        not restarted here (one joined from another host), or given up on by the gate."""
+        now = time.monotonic()
+        return [i for i in sorted(self.pending) if i < self.committed.high and now - self.sent_at.get(i, now) > after_s]
 
     def lost(self, indices: list[int], reason: str) -> None:
         """Frames that will never be logged: an event, a warning on stderr."""
@@ -43,95 +58,172 @@ class Ledger:
             self.pending.pop(i, None)
         if indices:
             self.stage.emit("frames_lost", source=self.source, frames=indices, count=len(indices), reason=reason)
-            print(f"owd capture: {len(indices)} frame(s) lost ({reason}): {indices[:20]}"
+            print(f"owd capture: {len(indices)} frame(s) lost ({reason}) of {self.source}: {indices[:20]}"
                   f"{' …' if len(indices) > 20 else ''}", file=sys.stderr)
 
 
 def run(stage: StageProcess) -> int:
     s = stage.settings.capture
-    source = open_source(s.source)
-    live = s.mode == "live" or (s.mode == "auto" and source.live)
-    if live and not isinstance(source, LiveSource):
-        raise ValueError("capture.mode: live needs a camera index or a URL")
+    sources = [open_source(spec) for spec in s.source]
+    live = s.mode == "live" or (s.mode == "auto" and sources[0].live)
+    if live and (len(sources) > 1 or not isinstance(sources[0], LiveSource)):
+        raise ValueError("capture.mode: live needs one camera index or URL (several sources: files and folders)")
     # Live: a queue of one, so what reaches the detector is never older than one frame.
-    out = stage.socket(zmq.PUSH, "frames", bind=True, hwm=1 if live else None)
-    ledger = Ledger(stage, source.name) if stage.supervised else None
-    stage.started(source=source.name, live=live, fps=float(source.fps))
+    out = stage.socket("frames", hwm=1 if live else None)
+    ledgers: dict[str, Ledger] = {}
+    if stage.supervised:
+        for source in sources:
+            Ledger(stage, source.name, ledgers)
+    stage.started(source=sources[0].name, sources=[x.name for x in sources], live=live, fps=float(sources[0].fps))
     try:
-        sent, reason = (_live if live else _file)(stage, source, out, s.max_frames, ledger)
+        if live:
+            sent, reason = _live(stage, sources[0], out, s.max_frames, ledgers.get(sources[0].name))
+            sent = {sources[0].name: sent}
+        else:
+            sent, reason = _files(stage, sources, out, s.max_frames, ledgers)
     finally:
-        source.close()
+        for source in sources:
+            source.close()
     lost = 0
-    if ledger is not None:
-        lost = _drain(stage, ledger, out, live)
+    if ledgers:
+        lost = _drain(stage, ledgers, out, live)
     else:
-        send(out, EndOfStream(source.name, sent, reason))
-    stage.emit("stage_stopped", frames=sent, corrupt=source.corrupt, reason=reason, lost=lost)
+        for source in sources:
+            send(out, EndOfStream(source.name, sent[source.name], reason))
+    stage.emit("stage_stopped", frames=sum(sent.values()), corrupt=sum(x.corrupt for x in sources), reason=reason,
+               lost=lost)
     return 0
 
 
-def _drain(stage: StageProcess, ledger: Ledger, out: zmq.Socket, live: bool) -> int:
+def _drain(stage: StageProcess, ledgers: dict[str, Ledger], out: zmq.Socket, live: bool) -> int:
     """Supervised end of stream: wait until the sink logged every frame sent (replaying after restarts),
-    giving up after shutdown_timeout_s without progress; returns how many frames were lost."""
-    timeout = stage.settings.transport.shutdown_timeout_s
-    ledger.progress = time.monotonic()
-    resend: deque[int] = deque()
-    while ledger.pending and time.monotonic() - ledger.progress < timeout:
-        ledger.poll(100)
-        if stage.take_replay():
-            ledger.progress = time.monotonic()
-            resend = deque(sorted(i for i, f in ledger.pending.items() if isinstance(f, Frame)))
+    giving up after shutdown_timeout_s without progress (plus gate.reorder_s: while the gate holds a
+    source's frames for one still in a slow worker, nothing is logged); returns how many frames were lost."""
+    timeout = stage.settings.transport.shutdown_timeout_s + (0 if live else stage.settings.gate.reorder_s)
+    any_ledger = next(iter(ledgers.values()))
+    for ledger in ledgers.values():
+        ledger.progress = time.monotonic()
+    resend: deque[tuple[str, int]] = deque()  # (source, index)
+
+    def progress() -> float:
+        return max(ledger.progress for ledger in ledgers.values())
+    while any(ledger.pending for ledger in ledgers.values()) and time.monotonic() - progress() < timeout:
+        any_ledger.poll(100)
+        replay = stage.take_replay()
+        for ledger in ledgers.values():
+            if replay:
+                ledger.progress = time.monotonic()
+            todo = sorted(ledger.pending) if replay else [] if live else ledger.holes(_HOLE_S)
+            queued = set(resend)
+            resend.extend((ledger.source, i) for i in todo if isinstance(ledger.pending[i], Frame)
+                          and (ledger.source, i) not in queued)
         while resend and out.poll(0, zmq.POLLOUT):
-            i = resend.popleft()
-            if i in ledger.pending:
-                send(out, ledger.pending[i])
-    lost = sorted(ledger.pending)
-    ledger.lost(lost, "drain timed out" if not live else "in flight at the end")
-    return len(lost)
+            source, index = resend.popleft()
+            ledger = ledgers[source]
+            if index in ledger.pending:
+                send(out, ledger.pending[index])
+                ledger.sent_at[index] = time.monotonic()
+    lost = 0
+    for ledger in ledgers.values():
+        gone = sorted(ledger.pending)
+        ledger.lost(gone, "drain timed out" if not live else "in flight at the end")
+        lost += len(gone)
+    return lost
 
 
-def _file(stage: StageProcess, source, out: zmq.Socket, max_frames: int, ledger: Ledger | None) -> tuple[int, str]:
-    """Every frame, blocking while downstream is busy (backpressure); returns (frames read, reason).
-    Supervised: at most transport.replay_window frames uncommitted; after a restart downstream
-    (SIGUSR1) they are sent again; a restarted capture skips what the sink already logged."""
-    window = stage.settings.transport.replay_window
-    if ledger is not None and stage.attempt:
-        ledger.poll(3000)  # the sink's summary of what it logged (it sends one every second)
-    resend: deque[int] = deque()
-    read, frames = 0, source.frames()
-    nxt, fresh = None, False  # the frame to send next; fresh: read from the source, never sent
-    while True:
-        if ledger is not None:
-            ledger.poll(0)
-            if stage.take_replay():
-                resend = deque(sorted(ledger.pending))
-                stage.log.info("replaying %d uncommitted frame(s)", len(resend))
-        while nxt is None and resend:
-            nxt, fresh = ledger.pending.get(resend.popleft()), False
-        if stage.stop_requested and (nxt is None or fresh):
-            if nxt is not None:  # read but never sent: not part of the stream
-                read -= 1
+_HOLE_S = 5.0  # a frame later ones overtook in the log this long ago is sent again
+
+
+class _Feed:
+    """One file source in file mode: its frames in order, its replays, what it read."""
+
+    def __init__(self, source, ledger: Ledger | None):
+        self.source, self.ledger = source, ledger
+        self.frames, self.read = source.frames(), 0
+        self.resend: deque[int] = deque()
+        self.nxt, self.fresh = None, False  # the frame to send next; fresh: read from the source, never sent
+        self.reason = ""                    # set when this source is done
+
+    def next_frame(self, stage: StageProcess, max_frames: int, window: int) -> Frame | None:
+        """The frame to send now, or None (waiting for the sink, or done: see reason)."""
+        ledger = self.ledger
+        while self.nxt is None and self.resend:
+            self.nxt, self.fresh = ledger.pending.get(self.resend.popleft()), False
+        if stage.stop_requested and (self.nxt is None or self.fresh):
+            if self.nxt is not None:  # read but never sent: not part of the stream
+                self.read -= 1
                 if ledger is not None:
-                    del ledger.pending[nxt.index]
-            return read, "stopped"
-        if nxt is None:
-            if max_frames and read >= max_frames:
-                return read, "end"
+                    del ledger.pending[self.nxt.index]
+                self.nxt = None
+            self.reason = "stopped"
+            return None
+        while self.nxt is None:
+            if max_frames and self.read >= max_frames:
+                self.reason = "end"
+                return None
             if ledger is not None and len(ledger.pending) >= window:
-                ledger.poll(100)  # wait for the sink to catch up
-                continue
-            item = next(frames, None)
+                return None  # wait for the sink to catch up
+            item = next(self.frames, None)
             if item is None:
-                return read, "end"
-            read += 1
+                self.reason = "end"
+                return None
+            self.read += 1
             if ledger is not None and item[0] in ledger.committed:
                 continue  # logged before this capture restarted
-            nxt, fresh = Frame(source.name, item[0], time.time(), item[1]), True
+            self.nxt, self.fresh = Frame(self.source.name, item[0], time.time(), item[1]), True
             if ledger is not None:
-                ledger.pending[nxt.index] = nxt
+                ledger.pending[self.nxt.index] = self.nxt
+        return self.nxt
+
+    def sent(self, stage: StageProcess) -> None:
+        if self.fresh:
+            stage.stats.inc("frames", source=self.source.name)
+        if self.ledger is not None:
+            self.ledger.sent_at[self.nxt.index] = time.monotonic()
+            stage.stats.set("in_flight_frames", len(self.ledger.pending), self.source.name)
+        self.nxt = None
+
+
+def _files(stage: StageProcess, sources: list, out: zmq.Socket, max_frames: int,
+           ledgers: dict[str, Ledger]) -> tuple[dict[str, int], str]:
+    """Every frame of every source, the sources in turn, blocking while downstream is busy
+    (backpressure); returns (frames read per source, reason). Supervised: at most
+    transport.replay_window frames of a source uncommitted; after a restart downstream (SIGUSR1)
+    they are sent again; a restarted capture skips what the sink already logged."""
+    window = stage.settings.transport.replay_window
+    feeds = [_Feed(source, ledgers.get(source.name)) for source in sources]
+    any_ledger = next(iter(ledgers.values()), None)
+    if any_ledger is not None and stage.attempt:
+        any_ledger.poll(3000)  # the sink's summary of what it logged (it sends one every second)
+    turn = 0
+    while True:
+        if any_ledger is not None:
+            any_ledger.poll(0)
+            replay = stage.take_replay()
+            for feed in feeds:
+                if feed.ledger is None:
+                    continue
+                if replay:
+                    feed.resend = deque(sorted(feed.ledger.pending))
+                    stage.log.info("replaying %d uncommitted frame(s) of %s", len(feed.resend), feed.source.name)
+                elif not feed.resend:
+                    feed.resend = deque(feed.ledger.holes(_HOLE_S))
+        active = [f for f in feeds if not f.reason]
+        if not active:
+            break
+        ready = [(f, frame) for f in active[turn % len(active):] + active[:turn % len(active)]
+                 if (frame := f.next_frame(stage, max_frames, window)) is not None]
+        if not ready:
+            if any_ledger is not None and any(not f.reason for f in feeds):
+                any_ledger.poll(100)  # every source waits for the sink
+            continue
+        feed, frame = ready[0]
         if out.poll(200, zmq.POLLOUT):
-            send(out, nxt)
-            nxt = None
+            send(out, frame)
+            feed.sent(stage)
+            turn += 1
+    reasons = {f.reason for f in feeds}
+    return {f.source.name: f.read for f in feeds}, "stopped" if "stopped" in reasons else "end"
 
 
 def _live(stage: StageProcess, source: LiveSource, out: zmq.Socket, max_frames: int,
@@ -158,6 +250,7 @@ def _live(stage: StageProcess, source: LiveSource, out: zmq.Socket, max_frames: 
             pending = latest
         if skipped:
             dropped += len(skipped)
+            stage.stats.total("dropped_frames", dropped, source.name)
             stage.emit("frame_dropped", source=source.name, frames=sorted(skipped), count=len(skipped),
                        total=dropped)
         # Supervised: a frame goes only when fewer than live_window are ahead of it (logged frames come
@@ -170,6 +263,7 @@ def _live(stage: StageProcess, source: LiveSource, out: zmq.Socket, max_frames: 
                 if ledger is not None:
                     ledger.pending[pending[0]] = time.monotonic()
                 sent, pending = sent + 1, None
+                stage.stats.inc("frames", source=source.name)
             except zmq.Again:
                 pass
         elif pending is None and source.ended:

@@ -32,9 +32,9 @@ def snapshot(gate: Gate, version: int) -> ClassUpdate:
 
 def run(stage: StageProcess) -> int:
     s, g = stage.settings.cluster, stage.settings.gate
-    inbox = stage.inbox(stage.socket(zmq.PULL, "unseen", bind=True), "cluster", (UnseenBatch, EndOfStream))
-    publish = stage.socket(zmq.PUB, "classes", bind=True)
-    control = stage.socket(zmq.REP, "control", bind=True)
+    inbox = stage.inbox(stage.socket("unseen"), "cluster", (UnseenBatch, EndOfStream))
+    publish = stage.socket("classes")
+    control = stage.socket("control")
     gate = load_memory(g.memory, g.set_size, g.radius_pool)
     buffer = UnseenBuffer(s.buffer_size, s.per_track)
     rules = DiscoveryRules.from_settings(s)

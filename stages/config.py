@@ -15,6 +15,7 @@ import yaml
 from models.registry import ModelError
 from models.runtimes import check as check_runtime
 from owd.errors import OwdError
+from stream.topology import ENDPOINT_NAMES
 
 
 class ConfigError(OwdError, ValueError):
@@ -40,7 +41,7 @@ Runtime = Literal["auto", "torch", "openvino", "onnxruntime", "opencv"]  # model
 
 @dataclass(frozen=True)
 class CaptureSettings:
-    source: str = ""
+    source: list[str] = field(default_factory=list)  # one or more; several: files and folders, taken in turn
     mode: Literal["auto", "file", "live"] = "auto"  # auto: files and folders are file mode, cameras/URLs live
     max_frames: int = field(default=0, metadata=at_least(0))  # stop after this many frames; 0 = whole source
     reconnect_s: float = field(default=10.0, metadata=above(0))  # a live source silent this long ends the stream
@@ -72,6 +73,7 @@ class DetectSettings:
     #                                                 registration measures the view as still
     motion_history: int = field(default=2000, metadata=at_least(1))  # MOG2 history (frames); a stopped object
     #                                                                  stays foreground about history/10 frames
+    workers: int = field(default=1, metadata=between(1, 64))  # local detect processes (more may join: --only detect)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class EmbedSettings:
     threads: int = field(default=1, metadata=at_least(0))
     runtime: Runtime = "auto"
     options: dict[str, Any] = field(default_factory=dict)
+    workers: int = field(default=1, metadata=between(1, 64))  # local embed processes (more may join: --only embed)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,10 @@ class GateSettings:
     #                                                               clustering (aspect kept, smaller ones as they are)
     persist: int = field(default=5, metadata=at_least(1))  # frames a track needs before an unseen proposal or
     #                                                        motion box on it is kept (shorter: a flicker, dropped)
+    reorder_frames: int = field(default=64, metadata=between(1, 4096))  # file mode: frames held per source to put
+    #                                                               them back in order (workers finish out of order);
+    #                                                               past this a missing frame is skipped, counted
+    reorder_s: float = field(default=60.0, metadata=above(0))     # ... or once the oldest held frame waited this long
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,11 @@ class TransportSettings:
     live_window: int = field(default=2, metadata=at_least(1))        # live mode: frames in flight at once
 
 
-ENDPOINT_NAMES = ("frames", "detections", "embeddings", "labeled", "unseen", "classes", "events", "control", "acks")
+@dataclass(frozen=True)
+class MetricsSettings:
+    port: int = field(default=0, metadata=between(0, 65535))  # Prometheus /metrics and /health on 127.0.0.1; 0 = off
+    hold_s: float = field(default=0.0, metadata=at_least(0))  # keep serving this long after the run ended (a last
+    #                                                           scrape; Ctrl-C ends the wait)
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,7 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     sink: SinkSettings = field(default_factory=SinkSettings)
     transport: TransportSettings = field(default_factory=TransportSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @property
     def crops_dir(self) -> Path | None:
@@ -292,6 +304,8 @@ def _coerce(hint, value, where: str):
         if value not in args:
             raise ConfigError(f"config key {where!r} must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
+    if origin is list:  # a single value is a list of one
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value if isinstance(value, list) else [value])]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {where!r} must be a mapping, got {value!r}")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import zmq
 
 from models.compiled import build_detector
 from models.detections import Detector
@@ -66,6 +65,7 @@ class Freshest:
         newest = max(batch, key=lambda f: f.index)
         stale = sorted(f.index for f in batch if f is not newest)
         self.total += len(stale)
+        self.stage.stats.inc("dropped_frames", len(stale), newest.source)
         self.stage.emit("frame_dropped", source=newest.source, frames=stale, count=len(stale), total=self.total)
         return [newest]
 
@@ -79,10 +79,13 @@ def run(stage: StageProcess) -> int:
         proposals = Proposals(s.proposal_score, s.proposal_iou, s.max_proposals, s.motion, s.motion_history, s.min_box)
         if getattr(model, "score_threshold", 0.0) > s.proposal_score:
             model.score_threshold = s.proposal_score  # the model's own cut would hide the low-score boxes
+    # The first call is slow (lazy set-up, seconds on a busy CPU): made before joining the pool, so the
+    # frames dealt to this worker do not keep the gate waiting while its siblings go on.
+    model.detect([np.zeros((320, 320, 3), np.uint8)])
     # Live: queues of one and batches of only what is already waiting, so the freshest frame goes through.
     hwm = 1 if stage.live else None
-    inbox = stage.inbox(stage.socket(zmq.PULL, "frames", bind=False, hwm=hwm), "detect", (Frame, EndOfStream))
-    out = stage.socket(zmq.PUSH, "detections", bind=True, hwm=hwm)
+    inbox = stage.inbox(stage.socket("frames", hwm=hwm), "detect", (Frame, EndOfStream))
+    out = stage.socket("detections", hwm=hwm)
     stage.started(model=s.model, batch_size=s.batch_size, runtime=model.runtime)
     fresh = Freshest(stage) if stage.live else (lambda batch: batch)
     frames = stage.relay_batches(inbox, out, s.batch_size, 0 if stage.live else s.batch_timeout_ms,

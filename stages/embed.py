@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import zmq
 
 from models.boxes import crop
 from models.compiled import build_embedder
@@ -26,10 +25,11 @@ def run(stage: StageProcess) -> int:
     s = stage.settings.embed
     limit_threads(s.threads)
     model = build_embedder(s.model, s.runtime, s.threads, weights=s.weights, device=s.device, **s.options)
+    model.embed([np.zeros((64, 32, 3), np.uint8)])  # the slow first call before joining the pool (see detect)
     hwm = 1 if stage.live else None  # live: see detect
-    inbox = stage.inbox(stage.socket(zmq.PULL, "detections", bind=False, hwm=hwm), "embed",
+    inbox = stage.inbox(stage.socket("to_embed", hwm=hwm), "embed",
                         (FrameDetections, EndOfStream))
-    out = stage.socket(zmq.PUSH, "embeddings", bind=True, hwm=hwm)
+    out = stage.socket("embeddings", hwm=hwm)
     stage.started(model=s.model, dim=model.dim, runtime=model.runtime)
     frames = stage.relay_batches(inbox, out, s.batch_frames, 0 if stage.live else s.batch_timeout_ms,
                                  lambda batch: embed(model, batch))

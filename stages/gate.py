@@ -1,6 +1,7 @@
 """Gate stage (SKZC's SDDC box labeler): seen class or unseen for every box; unseen ones go to clustering."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from models.tracks import BoxTracker, LabelVotes
 from stages.config import ConfigError
 from stages.process import StageProcess
 from stream.messages import ClassUpdate, EndOfStream, FrameEmbeddings, LabeledFrame, UnseenBatch
+from stream.reorder import Reorder
 from stream.sockets import Inbox, send
 
 
@@ -51,26 +53,99 @@ def apply_update(update: ClassUpdate, set_size: int, pool: float) -> Gate:
                 update.sizes.astype(np.int64), update.set_ids.astype(np.int64), set_size, pool=pool)
 
 
+class Relay:
+    """Detections from every detect worker to whichever embed worker is free, as raw messages (the
+    embed stage checks them): the gate is the stable middle, so workers on both sides only connect.
+    A message waits here while no embed worker can take one (backpressure back to the detectors)."""
+
+    def __init__(self, stage: StageProcess, poller: zmq.Poller, hwm: int | None):
+        self.inp, self.out, self.poller = stage.socket("detections", hwm=hwm), stage.socket("to_embed", hwm=hwm), poller
+        self.pending = None
+        poller.register(self.inp, zmq.POLLIN)
+
+    def step(self) -> None:
+        """Moves what can move now, then waits (in the caller's poll) on whichever side blocks."""
+        while True:
+            if self.pending is None:
+                if not self.inp.poll(0):
+                    break
+                self.pending = self.inp.recv_multipart(copy=False)
+            if not self.out.poll(0, zmq.POLLOUT):
+                break
+            self.out.send_multipart(self.pending, copy=False)
+            self.pending = None
+        self.poller.register(self.inp, zmq.POLLIN if self.pending is None else 0)  # 0: not polled
+        self.poller.register(self.out, 0 if self.pending is None else zmq.POLLOUT)
+
+
+class Sources:
+    """Per source: the order buffer, the tracker and the label votes (track ids are per source)."""
+
+    def __init__(self, stage: StageProcess):
+        s = stage.settings.gate
+        self.stage, self.s = stage, s
+        live = stage.live
+        self.max_held = 1 if live else s.reorder_frames  # live: frames are dropped on purpose, never wait
+        self.start = 0 if stage.attempt == 0 else None  # restarted: where each stream stands is unknown
+        self.order: dict[str, Reorder] = {}
+        self.trackers: dict[str, BoxTracker] = {}
+        self.votes: dict[str, LabelVotes] = {}
+        self.ages: dict[str, TrackAges] = {}  # frames each track has lived (proposals need a persisting track)
+
+    def push(self, msg, now: float) -> list[tuple[object, bool]]:
+        if msg.source not in self.order:
+            self.order[msg.source] = Reorder(self.max_held, self.s.reorder_s, self.start)
+            if self.s.track:
+                self.trackers[msg.source] = BoxTracker()
+                self.votes[msg.source] = LabelVotes(self.s.vote_window, self.s.vote_min, self.s.vote_share)
+        return self.order[msg.source].push(msg.index, msg, now)
+
+    def release(self, now: float, flush: bool = False) -> list[tuple[object, bool]]:
+        return [item for o in self.order.values() for item in o.release(now, flush)]
+
+    def report(self) -> None:
+        for source, o in self.order.items():
+            self.stage.stats.set("reorder_held", len(o.held), source)
+            self.stage.stats.total("reorder_skipped", o.skipped, source)
+
+    @property
+    def skipped(self) -> int:
+        return sum(o.skipped for o in self.order.values())
+
+
 def run(stage: StageProcess) -> int:
     s = stage.settings.gate
     hwm = 1 if stage.live else None  # live: queues of one all along the frame path (see detect)
-    inbox = stage.inbox(stage.socket(zmq.PULL, "embeddings", bind=False, hwm=hwm), "gate",
-                        (FrameEmbeddings, EndOfStream))
-    classes = Inbox(stage.socket(zmq.SUB, "classes", bind=False), "gate/classes", (ClassUpdate,))
-    to_sink = stage.socket(zmq.PUSH, "labeled", bind=False, hwm=hwm)
-    to_cluster = stage.socket(zmq.PUSH, "unseen", bind=False)
-    gate = load_memory(s.memory, s.set_size, s.radius_pool)
-    trackers: dict[str, BoxTracker] = {}  # one per source
-    ages: dict[str, TrackAges] = {}
-    votes = LabelVotes(s.vote_window, s.vote_min, s.vote_share) if s.track else None
-    dim = gate.centroids.shape[1] if len(gate) else None  # the run's embedding dim: the memory's or the first frame's
     poller = zmq.Poller()
+    relay = Relay(stage, poller, hwm)
+    inbox = stage.inbox(stage.socket("embeddings", hwm=hwm), "gate", (FrameEmbeddings, EndOfStream))
+    classes = Inbox(stage.socket("classes"), "gate/classes", (ClassUpdate,))
+    to_sink = stage.socket("labeled", hwm=hwm)
+    to_cluster = stage.socket("unseen")
+    gate = load_memory(s.memory, s.set_size, s.radius_pool)
+    sources = Sources(stage)
+    dim = gate.centroids.shape[1] if len(gate) else None  # the run's embedding dim: the memory's or the first frame's
     poller.register(inbox.sock, zmq.POLLIN)
     poller.register(classes.sock, zmq.POLLIN)
     stage.started(alpha=s.alpha, set_size=s.set_size)
     frames = dropped = 0  # dropped: proposal and motion boxes the gate could not explain
+
+    def label_and_send(ready: list[tuple[FrameEmbeddings, bool]]) -> None:
+        nonlocal frames, dropped
+        for msg, in_order in ready:
+            tracker = sources.trackers.get(msg.source) if in_order else None  # a late frame: untracked
+            labeled, unseen = label(gate, msg, tracker, sources.votes.get(msg.source) if in_order else None, s.thumb,
+                                    sources.ages.setdefault(msg.source, TrackAges()) if in_order else None, s.persist)
+            dropped += len(msg) - len(labeled)
+            send(to_sink, labeled)
+            if len(unseen):
+                send(to_cluster, unseen)
+            frames += 1
+            stage.stats.inc("frames", source=msg.source)
+
     while True:
         ready = dict(poller.poll(200))
+        relay.step()
         if classes.sock in ready:  # class updates first, so a new class labels the very next frame
             update = classes.recv(0)
             # Every valid snapshot applies, in arrival order (one publisher, one ordered stream): a version
@@ -79,15 +154,21 @@ def run(stage: StageProcess) -> int:
                 classes.reject(f"class update of dim {update.centroids.shape[1]}, this run's is {dim}")
             elif update is not None:
                 gate = apply_update(update, s.set_size, s.radius_pool)
-                if votes is not None:
+                for votes in sources.votes.values():
                     votes.forget_except(set(gate.names))  # renamed, merged or deleted classes
                 stage.log.info("applied class update %d: %d classes", update.version, len(gate))
+                stage.stats.set("classes_known", len(gate))
+        label_and_send(sources.release(time.monotonic()))  # frames whose missing predecessor was given up on
+        sources.report()
+        stage.stats.total("rejected", inbox.rejected + classes.rejected)
         if inbox.sock not in ready:
-            if stage.drained:
-                break  # supervised: told to stop and nothing left
+            if stage.drained:  # supervised: told to stop and nothing left (capture saw every frame logged)
+                label_and_send(sources.release(time.monotonic(), flush=True))
+                break
             continue
         msg = inbox.recv(0)
         if isinstance(msg, EndOfStream):
+            label_and_send(sources.release(time.monotonic(), flush=True))
             send(to_cluster, msg)
             send(to_sink, msg)
             break
@@ -95,16 +176,9 @@ def run(stage: StageProcess) -> int:
             inbox.reject(f"embeddings of dim {msg.embeddings.shape[1]}, this run's is {dim}")
         elif msg is not None:
             dim = msg.embeddings.shape[1]
-            if s.track and msg.source not in trackers:
-                trackers[msg.source] = BoxTracker()
-            tracker = trackers.get(msg.source)
-            labeled, unseen = label(gate, msg, tracker, votes, s.thumb, ages.setdefault(msg.source, TrackAges()),
-                                    s.persist)
-            dropped += len(msg) - len(labeled)
-            send(to_sink, labeled)
-            if len(unseen):
-                send(to_cluster, unseen)
-            frames += 1
+            label_and_send(sources.push(msg, time.monotonic()))
+    if sources.skipped:
+        stage.log.warning("gave up waiting for %d frame(s) (lost with a worker?)", sources.skipped)
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected + classes.rejected, classes=len(gate),
-               dropped=dropped)
+               skipped=sources.skipped, dropped=dropped)
     return 0

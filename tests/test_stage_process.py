@@ -36,11 +36,12 @@ def gate_process(tmp_path, request):
     else:
         endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in zip(ENDPOINT_NAMES, free_tcp_ports(len(ENDPOINT_NAMES)))}
     # untracked: every unseen box goes to clustering at once (tracking is tested in test_tracks.py)
-    settings = Settings(gate=GateSettings(track=False),  # tcp here is plain: tests/test_security.py runs CURVE
+    # reorder_frames=1: these tests send frames with gaps in their indices (reordering: tests/test_reorder.py)
+    settings = Settings(gate=GateSettings(track=False, reorder_frames=1),  # tcp here is plain: tests/test_security.py runs CURVE
                         transport=TransportSettings(endpoints=endpoints, insecure_tcp=request.param == "tcp"))
     ctx = zmq.Context()
     socks = {
-        "embeddings": open_socket(ctx, zmq.PUSH, endpoints["embeddings"], bind=True, linger_ms=0),
+        "embeddings": open_socket(ctx, zmq.PUSH, endpoints["embeddings"], bind=False, linger_ms=0),  # the gate binds
         "classes": open_socket(ctx, zmq.PUB, endpoints["classes"], bind=True, linger_ms=0),
         "labeled": open_socket(ctx, zmq.PULL, endpoints["labeled"], bind=True, linger_ms=0),
         "unseen": open_socket(ctx, zmq.PULL, endpoints["unseen"], bind=True, linger_ms=0),

@@ -154,7 +154,7 @@ def test_committed_frames_and_a_log_cut_short(tmp_path):
 def test_a_drain_that_times_out_says_how_many_frames_it_lost(bikes_video, tmp_path):
     events = tmp_path / "ev.jsonl"
     proc = start(bikes_video, events, "--set", "transport.stall_timeout_s=600", "--set",
-                 "transport.shutdown_timeout_s=3")
+                 "transport.shutdown_timeout_s=3", "--set", "gate.reorder_s=1")  # the drain waits both
     recs = wait_for(proc, events, frames_logged(3))
     sink = pid_of(recs, "sink")
     os.kill(sink, signal.SIGSTOP)  # nothing more gets logged
