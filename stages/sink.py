@@ -225,6 +225,7 @@ def run(stage: StageProcess) -> int:
         log.write(run_started(stage.settings))
     log.write({"type": "stage_started", "ts": time.time(), "stage": "sink", "pid": os.getpid()})
     tally = Tally(stage.settings, frames=ledger.logged())
+    parent = os.getppid()
     display, hud = Display(window, s.save if not stage.attempt else None), Hud()
     if s.save and stage.attempt:
         stage.log.warning("restarted: the annotated video %s is not continued", s.save)
@@ -275,4 +276,6 @@ def run(stage: StageProcess) -> int:
     finally:
         display.close()
         log.close()
+        if os.getppid() != parent:  # the supervisor died (SIGKILL): nobody reads the status, and the run's
+            tally.remove()          # folder must be empty for the last stage out to remove it
     return QUIT if display.closed and stage.supervised else 0

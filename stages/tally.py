@@ -70,6 +70,13 @@ class Tally:
         except OSError:
             pass  # the run's folder is gone (the supervisor is ending): nobody reads it any more
 
+    def remove(self) -> None:
+        for path in (self.status_path, f"{self.status_path}.tmp") if self.status_path else ():
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
     def summary(self, duplicates: int, rejected: int, reason: str) -> dict:
         s = self.settings.sink
         return {"type": "run_summary", "ts": time.time(), **self.counts(duplicates, rejected), "reason": reason,
