@@ -87,6 +87,9 @@ def run(stage: StageProcess) -> int:
     lost = 0
     if ledgers:
         lost = _drain(stage, ledgers, out, live)
+        # every frame is now logged or declared lost: copies still queued for a blocked pipeline must not
+        # keep the context (and this process) from ending
+        out.setsockopt(zmq.LINGER, 0)
     else:
         for source in sources:
             send(out, EndOfStream(source.name, sent[source.name], reason))
@@ -149,12 +152,15 @@ class _Feed:
         ledger = self.ledger
         while self.nxt is None and self.resend:
             self.nxt, self.fresh = ledger.pending.get(self.resend.popleft()), False
-        if stage.stop_requested and (self.nxt is None or self.fresh):
-            if self.nxt is not None:  # read but never sent: not part of the stream
+        if stage.stop_requested:
+            if self.nxt is not None and self.fresh:  # read but never sent: not part of the stream
                 self.read -= 1
                 if ledger is not None:
                     del ledger.pending[self.nxt.index]
-                self.nxt = None
+            # a frame due again stays pending: the drain sends it (waiting here for a blocked pipeline
+            # to take it kept a stopped capture from ever draining)
+            self.nxt = None
+            self.resend.clear()
             self.reason = "stopped"
             return None
         while self.nxt is None:

@@ -92,7 +92,7 @@ def test_paths_resolve_against_the_callers_folder_and_outputs_default_to_runs(tm
     (tmp_path / "cfg.yaml").write_text("cluster:\n  crops_dir: crops\n")
     s = launch.prepare(run_args("--source", "v.avi", "--memory", "m/c.npz", "--config", "cfg.yaml",
                                 "--set", "detect.weights=w.pth", "--set", "embed.weights=random"), tmp_path)
-    assert s.capture.source == str(tmp_path / "v.avi") and s.gate.memory == str(tmp_path / "m" / "c.npz")
+    assert s.capture.source == [str(tmp_path / "v.avi")] and s.gate.memory == str(tmp_path / "m" / "c.npz")
     assert s.cluster.crops_dir == str(tmp_path / "crops") and s.detect.weights == str(tmp_path / "w.pth")
     assert s.embed.weights == "random"  # a keyword, not a file
     assert s.sink.events == str(tmp_path / "runs" / "run" / "events.jsonl")
@@ -101,12 +101,12 @@ def test_paths_resolve_against_the_callers_folder_and_outputs_default_to_runs(tm
     assert not (tmp_path / "runs").exists()  # made by the run once its input passed the checks
     (tmp_path / "runs" / "cam").mkdir(parents=True)
     third = launch.prepare(run_args("--source", "0", "--name", "cam"), tmp_path)
-    assert again.capture.source == "0" and again.sink.run_id != third.sink.run_id
+    assert again.capture.source == ["0"] and again.sink.run_id != third.sink.run_id
     assert (again.sink.events, third.sink.events) == (str(tmp_path / "runs" / "cam" / "events.jsonl"),
                                                       str(tmp_path / "runs" / "cam2" / "events.jsonl"))
     given = launch.prepare(run_args("--source", "rtsp://cam/1", "--events", "e.jsonl", "--overwrite"), tmp_path)
     assert (given.capture.source, given.sink.events, given.sink.save, given.sink.append) == \
-        ("rtsp://cam/1", str(tmp_path / "e.jsonl"), None, False)
+        (["rtsp://cam/1"], str(tmp_path / "e.jsonl"), None, False)
     assert not (tmp_path / "runs" / "run2").exists()  # an explicit output makes no run folder
 
 
@@ -195,7 +195,7 @@ def test_owd_run_from_another_folder_writes_runs_and_prints_the_summary(bikes_vi
     for rec in recs:
         assert v.is_valid(rec), (rec, [e.message for e in v.iter_errors(rec)])
     assert recs[0]["type"] == "run_started" and recs[-1]["type"] == "run_summary"
-    assert len({r["run"] for r in recs}) == 1 and recs[0]["source"] == str(tmp_path / "clip.mp4")
+    assert len({r["run"] for r in recs}) == 1 and recs[0]["source"] == [str(tmp_path / "clip.mp4")]
     assert recs[-1]["frames"] == 12 and sorted(r["frame"] for r in recs if r["type"] == "frame") == list(range(12))
     assert recs[0]["outputs"] == {"events": str(folder / "events.jsonl"), "save": str(folder / "annotated.mp4")}
 

@@ -16,7 +16,7 @@ from stream.events import read_log
 from test_pipeline import assert_nothing_left
 from test_stage_process import free_tcp_ports
 
-TIMESTAMPS = {"ts", "capture_ts", "latency_s"}
+TIMESTAMPS = {"ts", "capture_ts", "latency_s", "run"}  # and the run id, new each run
 NO_DISCOVERY = ["--set", "cluster.min_new=1000000"]  # discovery runs on wall-clock periods: keep labels comparable
 
 
