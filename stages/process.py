@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket as _host
 import threading
 import time
@@ -208,12 +209,23 @@ class StageProcess:
     def close(self) -> None:
         """ipc files first (so even a close that hangs on a dead peer leaves none), then the sockets:
         after SIGTERM without waiting for peers. The run's folder goes with the last stage's files."""
-        for path in self._ipc_files:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
         folders = {os.path.dirname(p) for p in self._ipc_files}
+        # a SIGTERM now (its handler raises SystemExit) would leave the rest of our files behind: it is
+        # only noted until the files, and the run's folder if we are the last out, are gone
+        late, main = [], threading.current_thread() is threading.main_thread()  # (tests run stages in threads)
+        handler = signal.signal(signal.SIGTERM, lambda signum, frame: late.append(signum)) if main else None
+        try:
+            for path in self._ipc_files:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            _remove_run_folders(folders)
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, handler)
+        if late and callable(handler):
+            handler(late[0], None)  # as if it came now: flags set, SystemExit
         if self._stats_thread is not None:
             self._stats_stop.set()
             self._stats_thread.join(3.0)
@@ -222,9 +234,13 @@ class StageProcess:
         if self._zap is not None:
             self._zap.close()  # its socket must go before the context can end
         self.ctx.term()
-        for folder in folders:
-            if os.path.basename(folder).startswith("owd-"):
-                try:
-                    os.rmdir(folder)  # only once empty: the last stage out removes it
-                except OSError:
-                    pass
+        _remove_run_folders(folders)
+
+
+def _remove_run_folders(folders: set[str]) -> None:
+    for folder in folders:
+        if os.path.basename(folder).startswith("owd-"):
+            try:
+                os.rmdir(folder)  # only once empty: the last stage out removes it
+            except OSError:
+                pass

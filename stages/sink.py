@@ -10,7 +10,7 @@ from collections import deque
 import cv2
 import zmq
 
-from stages.lifecycle import QUIT
+from stages.lifecycle import QUIT, flags
 from stages.process import Committed, StageProcess
 from stages.tally import Tally, run_started
 from stages.window import display_reachable, font_dir, waiting_screen
@@ -276,6 +276,7 @@ def run(stage: StageProcess) -> int:
     finally:
         display.close()
         log.close()
-        if os.getppid() != parent:  # the supervisor died (SIGKILL): nobody reads the status, and the run's
-            tally.remove()          # folder must be empty for the last stage out to remove it
+        if os.getppid() != parent or flags["terminated"]:  # the supervisor died (SIGKILL; its death sends us
+            tally.remove()  # SIGTERM): nobody reads the status, and the run's folder must be empty for the
+            #                 last stage out to remove it
     return QUIT if display.closed and stage.supervised else 0

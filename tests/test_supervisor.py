@@ -132,7 +132,7 @@ def test_killing_the_supervisor_leaves_no_process_folder_or_control_socket(bikes
     while time.monotonic() < deadline and (any(alive(p) for p in pids) or owd_dirs(proc.pid)):
         time.sleep(0.2)
     assert not [p for p in pids if alive(p)], "stages outlived a killed supervisor"
-    assert not owd_dirs(proc.pid), "ipc folder left behind"
+    assert not owd_dirs(proc.pid), f"ipc folder left behind: {[os.listdir(d) for d in owd_dirs(proc.pid)]}"
     assert not os.path.exists(f"{memory}.ctl")
 
 
