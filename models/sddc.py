@@ -83,7 +83,7 @@ class Gate:
         if not 0.0 <= self.pool <= 1.0:
             raise ValueError(f"radius pool must lie in [0, 1], got {self.pool}")
         if len(self) == 0 or self.pool == 0.0:
-            return self.radii.astype(np.float32)
+            return self.radii.astype(np.float32, copy=False)  # per frame: no copy for the paper's gate
         return ((1.0 - self.pool) * self.radii + self.pool * np.median(self.radii)).astype(np.float32)
 
     def next_set_id(self) -> int:
