@@ -9,7 +9,9 @@ the gate is built from the memory and classifies the test images; printed: Sacc,
 and seed, their mean over seeds, and whether a method raises mean H without lowering any seed. Methods:
 today's per-class alpha-quantile radius; one shared radius; held-out radii (each half of a class's
 members measured against the other half's centroid); radii pooled (each class's radius shrunk towards
-the median radius by a share, the gate's `pool`, config gate.radius_pool); cosine (distances to the unit centroid); and
+the median radius by a share, the gate's `pool`, config gate.radius_pool); radii shrunk by empirical
+Bayes (each class's share from its own alpha-quantile's bootstrap variance against the spread of the
+radii between classes: no share to choose); cosine (distances to the unit centroid); and
 whitening fitted on the class memory (pooled within-class covariance shrunk towards its mean variance)
 with distances, centroids and radii in the whitened space, radii from the members' own distances or
 held out (each half's distances under the whitening and centroid of the other half).
@@ -100,6 +102,23 @@ def whitened_held_out(mem, y, names, alpha, shrink, seed) -> tuple[Gate, np.ndar
     return gate, w
 
 
+def empirical_bayes(gate: Gate, mem, y, alpha, seed, boots: int = 200) -> Gate:
+    """Each radius shrunk towards the precision-weighted mean radius by var_i / (var_i + tau^2): var_i the
+    bootstrap variance of class i's alpha-quantile (its noise), tau^2 the variance of the radii between
+    classes beyond that noise. Noisy radii move, well-measured ones stay: the share comes from the data."""
+    rng = np.random.default_rng(seed)
+    var = np.empty(len(gate))
+    for i, n in enumerate(gate.names):
+        d = np.linalg.norm(mem[y == n] - gate.centroids[i], axis=1)
+        var[i] = np.var([np.quantile(rng.choice(d, len(d)), alpha) for _ in range(boots)])
+    radii = gate.radii.astype(np.float64)
+    tau2 = max(float(np.var(radii, ddof=1)) - float(var.mean()), 0.0) if len(radii) > 1 else 0.0
+    share = var / (var + tau2) if tau2 > 0 else np.ones_like(var)
+    target = float(np.sum(radii / (var + tau2)) / np.sum(1.0 / (var + tau2)))
+    gate.radii[:] = (1.0 - share) * radii + share * target
+    return gate
+
+
 def score(gate: Gate, test: np.ndarray, true: np.ndarray, seen_mask: np.ndarray) -> tuple[float, float, float]:
     index = gate.classify(test)[0]
     pred = np.array([gate.names[i] if i >= 0 else UNKNOWN for i in index], object)
@@ -114,7 +133,9 @@ def methods(mem, y, names, alpha, seed) -> dict:
     out = {"per-class radius (paper, pool 0)": (gate_of(mem, y, names, alpha), same),
            "shared radius": (shared_radius(gate_of(mem, y, names, alpha), mem, y, alpha), same),
            "held-out radii (split halves)": (held_out(gate_of(mem, y, names, alpha), mem, y, alpha, seed), same),
-           "cosine (unit centroid)": (cosine(mem, y, names, alpha), same)}
+           "cosine (unit centroid)": (cosine(mem, y, names, alpha), same),
+           "radii shrunk by empirical Bayes": (empirical_bayes(gate_of(mem, y, names, alpha), mem, y, alpha, seed),
+                                               same)}
     for share in POOLS:  # the gate's own option (gate.radius_pool): radii shrunk towards the median radius
         gate = gate_of(mem, y, names, alpha)
         gate.pool = share
