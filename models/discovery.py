@@ -28,7 +28,7 @@ class DiscoveryRules:
     min_objects: int = 2       # ... showing at least this many distinct objects (see `objects`)
     per_track: int = 3         # views kept per track in the buffer, and rows per object in the graph
     anchors: int = 32          # newest stored members per known class clustered with the buffer
-    hold: float = 0.5          # a group holding more than this share of a class's anchors *is* that class
+    hold: float = 0.3          # the group holding most, and more than this share, of a class's anchors *is* that class
     max_members: int = 256     # member embeddings kept per class (centroid, radius, anchors)
     restarts: int = 3          # Leiden runs per round; the highest-modularity partition is kept
     seed: int = 0
@@ -230,9 +230,10 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
 
     - mostly seen-class members: left alone — a seen class never grows from unseen rows, and those
       rows stay in the buffer;
-    - holds (more than `hold` of the members of) discovered classes: it *is* that class, which grows
-      by the community's rows; two or more such classes merge into the largest. So a class found in
-      one round is grown, not duplicated, in the next, and fragments of one class merge;
+    - holds discovered classes (of each, the most members of any community and more than `hold` of
+      them, see `_homes`): it *is* that class, which grows by the community's rows; two or more such
+      classes merge into the largest. So a class found in one round is grown, not duplicated, in the
+      next, fragments of one class merge, and a class Leiden splits over two communities grows in one;
     - holds no class and is mostly buffer rows: a new class when its rows number `min_size`, come from
       `min_tracks` tracks and show `min_objects` distinct objects (see `objects`), so one object
       lingering in view, or near-duplicate frames, never make a class by themselves.
@@ -258,14 +259,14 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     comm = _majority(obj, obj[reps], comm_nodes[:len(reps)])
     anchor_comm = comm_nodes[len(reps):]
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
-    per_class = np.bincount(owners, minlength=len(gate))
+    home = _homes(owners, anchor_comm, discovered, rules.hold)
     actions = []  # decided on this round's class indices, applied by name afterwards
     for c in np.unique(comm):
         rows = np.flatnonzero(comm == c)
         mine = owners[anchor_comm == c]
         if np.count_nonzero(~discovered[mine]) > len(rows) + np.count_nonzero(discovered[mine]):
             continue  # mostly a seen class's members: its unseen rows grow nothing
-        held = [j for j in np.unique(mine) if discovered[j] and np.count_nonzero(mine == j) > rules.hold * per_class[j]]
+        held = [j for j in np.unique(mine) if home.get(int(j)) == c]
         if held:
             actions.append(([names[j] for j in held], rows))
         elif len(mine) < len(rows) and _enough(rows, tracks, obj, rules):
@@ -295,6 +296,19 @@ def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules:
     gate.grow(gate.names.index(target), members, alpha, rules.max_members)
     out.grown.append(target)
     return target
+
+
+def _homes(owners: np.ndarray, anchor_comm: np.ndarray, discovered: np.ndarray, hold: float) -> dict[int, int]:
+    """Discovered class index -> the community that *is* it: the one holding most of its anchors (the
+    lowest community on ties), when that is more than `hold` of them. One community per class, so with
+    `hold` below 0.5 a class is never grown (or merged away) twice in one round."""
+    out = {}
+    for j in np.unique(owners):
+        if discovered[j]:
+            comms, counts = np.unique(anchor_comm[owners == j], return_counts=True)
+            if counts.max() > hold * counts.sum():
+                out[int(j)] = int(comms[counts.argmax()])
+    return out
 
 
 def _majority(groups: np.ndarray, voter_groups: np.ndarray, votes: np.ndarray) -> np.ndarray:

@@ -126,7 +126,7 @@ class ClusterSettings:
     #                                                               (re-tracked look-alikes count once)
     per_track: int = field(default=3, metadata=at_least(0))       # views kept per track, and rows per object in the graph
     anchors: int = field(default=32, metadata=at_least(0))        # newest members per seen class clustered with the buffer
-    hold: float = field(default=0.5, metadata=between(0, 1))      # a group holding more than this share of a
+    hold: float = field(default=0.3, metadata=between(0, 1))      # a group holding the most, and more than this share, of a
     #                                                               discovered class's members is that class
     max_members: int = field(default=256, metadata=at_least(2))   # member embeddings kept per class
     restarts: int = field(default=3, metadata=at_least(1))        # Leiden runs per round; the best partition wins

@@ -1,6 +1,8 @@
 """Label-free discovery (models/discovery.py) on seeded synthetic embeddings: the stream rule, pinned."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from models.discovery import DiscoveryRules, UnseenBuffer, communities, discover, objects
@@ -111,6 +113,25 @@ def test_two_fragments_of_one_class_merge():
     out = discover(gate, buffer_of(x[order[20:-20]], np.arange(40)), RULES, 0.75)
     assert out.merged and set(out.merged[0]) == {"novel-1", "novel-2"}
     assert len(gate) == 1 and gate.names[0] == out.merged[0][1] and out.grown == gate.names
+
+
+def test_a_class_split_over_two_groups_is_grown_by_one_only():
+    # classes X and Y each hold members of two blobs A and B (X mostly B, Y mostly A); with `hold` below
+    # one half both groups hold more than `hold` of both classes. Each class belongs to the group holding
+    # most of its members: Y grows from A, X from B, nothing is merged (and nothing is touched twice).
+    x, truth = blobs(60, 2, seed=5)
+    a, b = x[truth == 0], x[truth == 1]
+    gate = Gate.empty(DIM)
+    for name, members in (("novel-1", np.vstack([a[:8], b[:12]])), ("novel-2", np.vstack([a[8:20], b[12:20]]))):
+        # a radius too small to cover anything: the buffer's rows all reach the clustering
+        gate.add(name, normalize(members.mean(axis=0, keepdims=True))[0], 1e-3, len(members), discovered=True)
+        gate.members[-1] = members.astype(np.float32)
+    rules = dataclasses.replace(RULES, hold=0.3)
+    out = discover(gate, buffer_of(np.vstack([a[20:], b[20:]]), np.arange(80)), rules, 0.75)
+    assert not out.merged and sorted(out.grown) == ["novel-1", "novel-2"] and len(set(out.grown)) == 2
+    assert gate.names == ["novel-1", "novel-2"]
+    index, _ = gate.classify(np.vstack([a[20:], b[20:]]))
+    assert (index[:40] == 1).mean() > 0.6 and (index[40:] == 0).mean() > 0.6
 
 
 def test_a_seen_class_never_grows_from_unseen_rows():
