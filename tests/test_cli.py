@@ -110,6 +110,23 @@ def test_paths_resolve_against_the_callers_folder_and_outputs_default_to_runs(tm
     assert not (tmp_path / "runs" / "run2").exists()  # an explicit output makes no run folder
 
 
+@pytest.mark.parametrize("models, target", [
+    (("--detector", "diffusiondet_r50"), "detect"),  # embedder efficientnet_lite0 ships its weights
+    (("--embedder", "dino_vits16"), "embed"),  # detector ssd_mobilenet_v2 ships its weights
+    (("--detector", "diffusiondet_r50", "--embedder", "dino_vits16"), None),  # ambiguous
+    ((), None),  # both packaged: nothing takes --weights
+])
+def test_weights_flag_goes_to_the_model_without_packaged_weights(tmp_path, models, target):
+    args = run_args("--source", "v.avi", "--weights", "w.pth", *models)
+    if target is None:
+        with pytest.raises(ConfigError, match="--weights is ambiguous"):
+            launch.prepare(args, tmp_path)
+        return
+    s = launch.prepare(args, tmp_path)
+    assert getattr(s, target).weights == str(tmp_path / "w.pth")
+    assert getattr(s, "embed" if target == "detect" else "detect").weights is None
+
+
 def test_config_digest_ignores_outputs_and_identity_but_not_knobs():
     a = load(None, {"sink.events": "a.jsonl", "sink.run_id": "x", "gate.memory": "/tmp/m.npz"})
     b = load(None, {"sink.save": "b.mp4", "sink.run_id": "y"})
