@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Open-world evaluation on a labeled ImageFolder: the pipeline's gate and label-free clustering, scored as in SKZC."""
 from __future__ import annotations
 
@@ -14,9 +13,9 @@ import cv2
 import numpy as np
 import yaml
 
-from eval_baselines import kmeans_silhouette, oracle_kmeans
-from eval_metrics import UNKNOWN, from_rows, harmonic
-from eval_plots import line_plot
+from evaluation.baselines import kmeans_silhouette, oracle_kmeans
+from evaluation.metrics import UNKNOWN, from_rows, harmonic
+from evaluation.plots import line_plot
 from models.discovery import DiscoveryRules, UnseenBuffer, discover
 from models.registry import EMBEDDERS, ModelError
 from models.sddc import RADIUS_POOL, Gate, normalize
@@ -24,7 +23,7 @@ from owd.errors import OwdError
 from stages.config import ConfigError, load
 from stream.sources import IMAGE_SUFFIXES
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 
 
@@ -203,8 +202,8 @@ def baselines(x: np.ndarray, true: np.ndarray, groups: dict[str, np.ndarray], se
     return out
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__)
+def parse_args(argv, prog: str = "evaluate.py"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--data", required=True, help="ImageFolder root: DIR/<class>/*.png|jpg")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--seen", help="comma-separated seen class names")
@@ -232,9 +231,9 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, embedder=None) -> int:
+def main(argv: list[str] | None = None, embedder=None, prog: str = "evaluate.py") -> int:
     """embedder: an object with .embed(crops) -> (N, D), used instead of the registry (tests inject one)."""
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     try:
         return evaluate(args, embedder)
     except (EvalError, ModelError, ConfigError) as exc:
@@ -282,7 +281,7 @@ def evaluate(args, embedder=None) -> int:
                "seen_classes": seen, "unseen_classes": [c for c in classes if c not in seen],
                "memory_fraction": args.memory_fraction, "n_memory": int(memory.sum()), "n_test": len(test)}
     if args.stream:
-        from eval_stream import stream
+        from evaluation.replay import stream
         views = Path(args.view_cache) if args.view_cache else cache.parent / f"views-{tag}.npz"
         gate = build_gate(x, labels, memory, seen, alpha, set_size, pool)
         rows, found = stream(x, test, true, seen, gate, rules, settings, alpha, args.seed, args.every, args.linger,

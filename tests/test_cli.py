@@ -40,6 +40,15 @@ def test_help_lists_every_command_with_an_example(capsys):
         assert f"\n  {name} " in text and f"owd {name} " in text  # described, and an example line
 
 
+def test_owd_evaluate_runs_the_packaged_evaluator_from_any_folder(tmp_path):
+    result = owd("evaluate", "--data", "nowhere", "--seen", "a", "--json", "m.json", "--predictions", "p.jsonl",
+                 cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("evaluate: --data nowhere is not a directory")
+    assert "Traceback" not in result.stderr
+    help_text = owd("evaluate", "--help", cwd=tmp_path).stdout
+    assert help_text.startswith("usage: owd evaluate")
+
+
 def test_console_script_is_declared():
     text = (ROOT / "setup.cfg").read_text()
     assert "owd = stages.cli:entry" in text and callable(cli.entry)
@@ -73,7 +82,7 @@ def test_list_models_hides_the_test_models(capsys):
 
 
 def test_every_user_error_is_an_owd_error():
-    from evaluate import EvalError
+    from evaluation.evaluate import EvalError
     from models.registry import ModelError
     from models.sddc import MemoryFileError
     from stream.sources import SourceError
