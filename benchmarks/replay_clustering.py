@@ -73,7 +73,7 @@ def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5
     late = []  # (label, detector class) over the second half
     for f in range(len(n)):
         a, b = offsets[f], offsets[f + 1]
-        msg = FrameEmbeddings("replay", f, 0.0, image, data["xyxy"][a:b], data["scores"][a:b],
+        msg = FrameEmbeddings(Frame("replay", f, 0.0, image), data["xyxy"][a:b], data["scores"][a:b],
                               tuple(data["labels"][a:b]), data["emb"][a:b], origins=tuple(origins[a:b]))
         labeled, unseen = label(gate, msg, tracker, votes, 8, ages, persist)
         if len(unseen):
