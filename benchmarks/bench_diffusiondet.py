@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,10 +19,9 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.diffusiondet import DiffusionDet  # noqa: E402
-from models.diffusiondet_weights import CHECKPOINTS, cache_dir  # noqa: E402
-from models.precision import cpu_bf16  # noqa: E402
+from models.diffusiondet import DiffusionDet
+from models.diffusiondet_weights import CHECKPOINTS, cache_dir
+from models.precision import cpu_bf16
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"  # Debian/Ubuntu package opencv-doc
 

@@ -23,19 +23,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.baseline import kch_v1, knn_v1, sddc_v1  # noqa: E402
-from models import discovery  # noqa: E402
-from models.discovery import DiscoveryRules, UnseenBuffer, communities, discover  # noqa: E402
-from models.knn import knn  # noqa: E402
-from models.sddc import Gate, normalize  # noqa: E402
+from baseline import kch_v1, knn_v1, sddc_v1
+from models import discovery
+from models.discovery import DiscoveryRules, UnseenBuffer, communities, discover
+from models.knn import knn
+from models.sddc import Gate, normalize
 
 RULES = DiscoveryRules()
 K = RULES.k

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from models.registry import DETECTORS
+from stages.config import load
+from stages.detect import detect
+from stream.messages import Frame
 
-from models.registry import DETECTORS  # noqa: E402
-from stages.config import load  # noqa: E402
-from stages.detect import detect  # noqa: E402
-from stream.messages import Frame  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 

@@ -19,28 +19,26 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import yaml
+import zmq
+
+from models.compiled import build_detector, build_embedder
+from models.runtimes import choices, cpu_model, version
+from models.sddc import Gate
+from models.tracks import BoxTracker, LabelVotes
+from stages.config import load
+from stages.detect import detect
+from stages.embed import embed
+from stages.gate import label
+from stages.process import limit_threads
+from stages.sink import records
+from stages.supervisor import MODEL_MALLOC
+from stream.messages import Frame
+from stream.overlay import ClassBook, Overlay
+from stream.wire import decode, encode
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from stages.supervisor import MODEL_MALLOC  # noqa: E402
-
-import cv2  # noqa: E402
-import yaml  # noqa: E402
-import zmq  # noqa: E402
-
-from models.compiled import build_detector, build_embedder  # noqa: E402
-from models.runtimes import choices, cpu_model, version  # noqa: E402
-from models.sddc import Gate  # noqa: E402
-from models.tracks import BoxTracker, LabelVotes  # noqa: E402
-from stages.config import load  # noqa: E402
-from stages.detect import detect  # noqa: E402
-from stages.embed import embed  # noqa: E402
-from stages.gate import label  # noqa: E402
-from stages.process import limit_threads  # noqa: E402
-from stages.sink import records  # noqa: E402
-from stream.messages import Frame  # noqa: E402
-from stream.overlay import ClassBook, Overlay  # noqa: E402
-from stream.wire import decode, encode  # noqa: E402
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 

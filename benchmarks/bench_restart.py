@@ -21,9 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from stream.events import read_log
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from stream.events import read_log  # noqa: E402
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
 

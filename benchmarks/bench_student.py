@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -16,10 +15,9 @@ import numpy as np
 import timm
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models.crops import crops_to_batch  # noqa: E402
-from models.precision import autocast, cpu_bf16  # noqa: E402
-from models.student import IMAGENET_MEAN, IMAGENET_STD, Student, cache_dir, dino_pos_embed  # noqa: E402
+from models.crops import crops_to_batch
+from models.precision import autocast, cpu_bf16
+from models.student import IMAGENET_MEAN, IMAGENET_STD, Student, cache_dir, dino_pos_embed
 
 
 def timed(fns: list, n_items: int, seconds: float) -> list[float]:

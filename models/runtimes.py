@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from models import weights
 from models.registry import ModelError
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime", "opencv")
@@ -33,7 +34,7 @@ def version(runtime: str) -> str:
 
 def cache_dir() -> Path:
     """Exported networks and auto's measurements, beside the other cached weights (OWD_CACHE, ~/.cache/owd)."""
-    return Path(os.environ.get("OWD_CACHE", "~/.cache/owd")).expanduser() / "runtimes"
+    return weights.cache_dir("runtimes")
 
 
 def cpu_model() -> str:

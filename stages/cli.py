@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
@@ -87,11 +86,8 @@ def _train_student(argv: list[str], prog: str) -> int:
 
 
 def _evaluate(argv: list[str], prog: str) -> int:
-    from stages.supervisor import ROOT
-    script = ROOT / "evaluate.py"
-    if not script.is_file():
-        raise OwdError(f"evaluate needs the repository checkout ({script} is missing)")
-    return subprocess.run([sys.executable, str(script), *argv]).returncode  # our cwd: its paths stay the caller's
+    from evaluation.evaluate import main
+    return main(argv, prog=f"{prog} evaluate")  # in this process: its paths stay the caller's
 
 
 def _keys(argv: list[str], prog: str) -> int:

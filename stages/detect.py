@@ -24,7 +24,7 @@ def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box
         sure = suppress(det[det.scores >= score_threshold], nms_iou)
         names = tuple(model.class_names[c] for c in sure.class_ids)
         if proposals is None:
-            out.append(FrameDetections(frame.source, frame.index, frame.ts, frame.image, sure.xyxy, sure.scores, names))
+            out.append(FrameDetections(frame, sure.xyxy, sure.scores, names))
             continue
         low = det[(det.scores < score_threshold) & (det.scores >= proposals.score)]
         motion, motion_scores = proposals.motion(frame)
@@ -33,8 +33,7 @@ def detect(model: Detector, frames: list[Frame], score_threshold: float, min_box
         scores = np.concatenate([sure.scores, motion_scores[mi], low.scores[li]]).astype(np.float32)
         labels = names + ("object",) * len(mi) + tuple(model.class_names[c] for c in low.class_ids[li])
         origins = (DETECTOR,) * len(sure) + (MOTION,) * len(mi) + (PROPOSAL,) * len(li)
-        out.append(FrameDetections(frame.source, frame.index, frame.ts, frame.image, xyxy, scores, labels,
-                                   origins=origins))
+        out.append(FrameDetections(frame, xyxy, scores, labels, origins=origins))
     return out
 
 

@@ -15,7 +15,7 @@ def embed(model: Embedder, msgs: list[FrameDetections]) -> list[FrameEmbeddings]
     vectors = model.embed(crops) if crops else np.zeros((0, model.dim), np.float32)
     out, start = [], 0
     for m in msgs:
-        out.append(FrameEmbeddings(m.source, m.index, m.ts, m.image, m.xyxy, m.scores, m.det_labels,
+        out.append(FrameEmbeddings(m.frame, m.xyxy, m.scores, m.det_labels,
                                    vectors[start:start + len(m)], origins=m.origins))
         start += len(m)
     return out

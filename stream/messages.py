@@ -122,13 +122,25 @@ _COLUMNS = {"xyxy": ("f", (4,), -COORD_MAX, COORD_MAX), "scores": ("f", (), -FIN
             "track": ("i", (), -1, math.inf)}      # -1: no track
 
 
-@dataclass(frozen=True)
-class _Boxes(Frame):
-    """A frame plus per-box columns; len() is the number of boxes and a boolean mask selects boxes."""
+ORIGINS = ("detector", "proposal", "motion")  # where a box came from (models/proposals.py)
+
+
+class _Boxes:
+    """Per-box columns about one frame, which the message holds (not is): a FrameDetections is no Frame
+    and no LabeledFrame is a FrameDetections, so an inbox's isinstance check accepts exactly its types.
+
+    len() is the number of boxes and a boolean mask or index array selects boxes; `source`, `index`,
+    `ts` and `image` read through to the frame."""
+    frame: Frame
+    origins: tuple[str, ...]
     columns: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
-        super().__post_init__()
+        if type(self.frame) is not Frame:
+            raise ValueError(f"{type(self).__name__}.frame must be a Frame, got {type(self.frame).__name__}")
+        labels = self.det_labels
+        if isinstance(self.origins, (list, tuple)) and not self.origins and isinstance(labels, (list, tuple)) and labels:
+            object.__setattr__(self, "origins", ("detector",) * len(labels))  # () means the detector's boxes
         n = None
         for name in self.columns:
             if name in _COLUMNS:
@@ -142,12 +154,19 @@ class _Boxes(Frame):
                 raise ValueError(f"{type(self).__name__}.{name} has {rows} rows, expected {n}")
         if "embeddings" in self.columns and self.embeddings.shape[1] < 1:
             raise ValueError(f"{type(self).__name__}.embeddings needs a dimension of at least 1")
+        if not set(self.origins) <= set(ORIGINS):
+            raise ValueError(f"{type(self).__name__}.origins must each be one of {', '.join(ORIGINS)}")
+
+    source = property(lambda self: self.frame.source)
+    index = property(lambda self: self.frame.index)
+    ts = property(lambda self: self.frame.ts)
+    image = property(lambda self: self.frame.image)
 
     def __len__(self) -> int:
         return len(getattr(self, self.columns[0]))
 
-    def __getitem__(self, mask) -> "_Boxes":
-        """Boxes selected by a boolean mask or an index array; the frame fields are kept."""
+    def __getitem__(self, mask):
+        """Boxes selected by a boolean mask or an index array; the frame is kept."""
         index = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask, np.int64)
         picked = {}
         for name in self.columns:
@@ -156,11 +175,12 @@ class _Boxes(Frame):
         return dataclasses.replace(self, **picked)
 
 
-ORIGINS = ("detector", "proposal", "motion")  # where a box came from (models/proposals.py)
-
-
+# Box messages list their fields in one order (frame, the detector's columns, origins, their own columns),
+# which is the order of the flat wire layout they had when they subclassed Frame (stream/wire.py).
 @dataclass(frozen=True)
 class FrameDetections(_Boxes):
+    """The detector's boxes of a frame."""
+    frame: Frame
     xyxy: np.ndarray       # (N, 4) float32, absolute pixels
     scores: np.ndarray     # (N,) float32
     det_labels: tuple[str, ...]  # (N,) the detector's class name of each box
@@ -168,28 +188,31 @@ class FrameDetections(_Boxes):
     origins: tuple[str, ...] = field(default=(), kw_only=True)
     columns: ClassVar[tuple[str, ...]] = ("xyxy", "scores", "det_labels", "origins")
 
-    def __post_init__(self):
-        if isinstance(self.origins, (list, tuple)) and not self.origins and isinstance(self.det_labels, (list, tuple)) and len(self.det_labels):
-            object.__setattr__(self, "origins", ("detector",) * len(self.det_labels))
-        super().__post_init__()
-        if not set(self.origins) <= set(ORIGINS):
-            raise ValueError(f"{type(self).__name__}.origins must each be one of {', '.join(ORIGINS)}")
-
     @classmethod
     def empty(cls, frame: Frame) -> "FrameDetections":
-        return cls(frame.source, frame.index, frame.ts, frame.image,
-                   np.zeros((0, 4), np.float32), np.zeros(0, np.float32), ())
+        return cls(frame, np.zeros((0, 4), np.float32), np.zeros(0, np.float32), ())
 
 
 @dataclass(frozen=True)
-class FrameEmbeddings(FrameDetections):
+class FrameEmbeddings(_Boxes):
+    """A frame's boxes, each with its embedding."""
+    frame: Frame
+    xyxy: np.ndarray       # (N, 4) float32, absolute pixels
+    scores: np.ndarray     # (N,) float32
+    det_labels: tuple[str, ...]  # (N,)
+    origins: tuple[str, ...] = field(default=(), kw_only=True)  # (N,) as in FrameDetections
     embeddings: np.ndarray  # (N, D) float32, one row per box
     columns: ClassVar[tuple[str, ...]] = FrameDetections.columns + ("embeddings",)
 
 
 @dataclass(frozen=True)
-class LabeledFrame(FrameDetections):
+class LabeledFrame(_Boxes):
     """What the box labeler decided for every box of a frame."""
+    frame: Frame
+    xyxy: np.ndarray       # (N, 4) float32, absolute pixels
+    scores: np.ndarray     # (N,) float32
+    det_labels: tuple[str, ...]  # (N,)
+    origins: tuple[str, ...] = field(default=(), kw_only=True)  # (N,) as in FrameDetections
     labels: tuple[str, ...]  # (N,) class name when seen, "unseen" otherwise
     seen: np.ndarray         # (N,) bool
     distance: np.ndarray     # (N,) float32, distance to the nearest class centroid (inf if no class)

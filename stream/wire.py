@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from stream.messages import MESSAGE_TYPES
+from stream.messages import MESSAGE_TYPES, Frame
 
 PROTOCOL = 1
 # Only plain numeric dtypes cross the wire; object arrays would need pickle.
@@ -21,10 +21,25 @@ RANK_MAX = 4             # the deepest array is thumbs (N, T, T, 3)
 ELEMENTS_MAX = 1 << 28   # elements per array; an 8K BGR frame has 10^8
 _HEADER_KEYS = {"v", "type", "fields", "arrays"}
 _SPEC_KEYS = {"name", "dtype", "shape"}
+# A box message holds its Frame in a field `frame`; on the wire the frame's fields sit beside the boxes'
+# (source, index, ts, image, xyxy, ...), the layout protocol 1 had when box messages subclassed Frame.
+_FRAME_FIELDS = tuple(f.name for f in dataclasses.fields(Frame))
+_HOLDS_FRAME = frozenset(name for name, cls in MESSAGE_TYPES.items()
+                         if any(f.name == "frame" for f in dataclasses.fields(cls)))
+
+
+def _flat_fields(cls) -> list:
+    """cls's fields in wire order, the frame's in place of `frame`."""
+    out = []
+    for f in dataclasses.fields(cls):
+        out.extend(dataclasses.fields(Frame) if f.name == "frame" else [f])
+    return out
+
+
 # Per message type: which fields travel as arrays; the rest travel in the header's "fields".
-_ARRAYS = {name: frozenset(f.name for f in dataclasses.fields(cls) if "ndarray" in str(f.type))
+_ARRAYS = {name: frozenset(f.name for f in _flat_fields(cls) if "ndarray" in str(f.type))
            for name, cls in MESSAGE_TYPES.items()}
-_SCALARS = {name: frozenset(f.name for f in dataclasses.fields(cls)) - _ARRAYS[name]
+_SCALARS = {name: frozenset(f.name for f in _flat_fields(cls)) - _ARRAYS[name]
             for name, cls in MESSAGE_TYPES.items()}
 
 
@@ -37,16 +52,20 @@ def encode(msg) -> list:
     """-> [header bytes, buffer, ...]; buffers are the arrays themselves (zero-copy with copy=False)."""
     fields, specs, buffers = {}, [], []
     for f in dataclasses.fields(msg):
-        value = getattr(msg, f.name)
-        if isinstance(value, np.ndarray):
-            dtype = _NAMES.get(value.dtype)
-            if dtype is None:
-                raise WireError(f"{type(msg).__name__}.{f.name}: dtype {value.dtype} cannot be sent")
-            value = np.ascontiguousarray(value)
-            specs.append({"name": f.name, "dtype": dtype, "shape": list(value.shape)})
-            buffers.append(value)
+        if f.name == "frame":
+            items = [(name, getattr(msg.frame, name)) for name in _FRAME_FIELDS]
         else:
-            fields[f.name] = list(value) if isinstance(value, tuple) else value
+            items = [(f.name, getattr(msg, f.name))]
+        for name, value in items:
+            if isinstance(value, np.ndarray):
+                dtype = _NAMES.get(value.dtype)
+                if dtype is None:
+                    raise WireError(f"{type(msg).__name__}.{name}: dtype {value.dtype} cannot be sent")
+                value = np.ascontiguousarray(value)
+                specs.append({"name": name, "dtype": dtype, "shape": list(value.shape)})
+                buffers.append(value)
+            else:
+                fields[name] = list(value) if isinstance(value, tuple) else value
     header = {"v": PROTOCOL, "type": type(msg).__name__, "fields": fields, "arrays": specs}
     return [json.dumps(header, separators=(",", ":"), allow_nan=False).encode()] + buffers
 
@@ -76,6 +95,8 @@ def decode(frames: list):
         kwargs[name] = array
     cls = MESSAGE_TYPES[kind]
     try:
+        if kind in _HOLDS_FRAME:
+            kwargs["frame"] = Frame(**{name: kwargs.pop(name) for name in _FRAME_FIELDS if name in kwargs})
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise WireError(f"bad {kind}: {exc}") from None

@@ -33,7 +33,10 @@ NOT_RUN = {  # name -> why there is no tiny run (the import test still covers it
 }
 
 
-def load(path):
+def load(path, monkeypatch):
+    """Import a benchmark as `python benchmarks/NAME.py` would: its folder first on sys.path (for
+    benchmarks/baseline), the package from the installed checkout (here: pytest's rootdir)."""
+    monkeypatch.syspath_prepend(str(path.parent))
     spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -41,8 +44,16 @@ def load(path):
 
 
 @pytest.mark.parametrize("path", BENCHMARKS, ids=[p.name for p in BENCHMARKS])
-def test_every_benchmark_imports(path):
-    assert callable(load(path).main)  # the names it imports from the package still exist
+def test_every_benchmark_imports(path, monkeypatch):
+    assert callable(load(path, monkeypatch).main)  # the names it imports from the package still exist
+
+
+def test_benchmarks_and_tools_need_no_sys_path_edits():
+    """They import the installed package (setup.cfg packages, `pip install -e .`), as users' scripts do."""
+    allowed = {"bench_openworld.py", "openworld_video.py"}  # still to convert (owned by another change)
+    for path in [*BENCHMARKS, *(ROOT / "tools").glob("*.py")]:
+        if path.name not in allowed:
+            assert "sys.path" not in path.read_text(), path.name
 
 
 def test_every_benchmark_has_a_tiny_run():

@@ -40,6 +40,15 @@ def test_help_lists_every_command_with_an_example(capsys):
         assert f"\n  {name} " in text and f"owd {name} " in text  # described, and an example line
 
 
+def test_owd_evaluate_runs_the_packaged_evaluator_from_any_folder(tmp_path):
+    result = owd("evaluate", "--data", "nowhere", "--seen", "a", "--json", "m.json", "--predictions", "p.jsonl",
+                 cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("evaluate: --data nowhere is not a directory")
+    assert "Traceback" not in result.stderr
+    help_text = owd("evaluate", "--help", cwd=tmp_path).stdout
+    assert help_text.startswith("usage: owd evaluate")
+
+
 def test_console_script_is_declared():
     text = (ROOT / "setup.cfg").read_text()
     assert "owd = stages.cli:entry" in text and callable(cli.entry)
@@ -73,7 +82,7 @@ def test_list_models_hides_the_test_models(capsys):
 
 
 def test_every_user_error_is_an_owd_error():
-    from evaluate import EvalError
+    from evaluation.evaluate import EvalError
     from models.registry import ModelError
     from models.sddc import MemoryFileError
     from stream.sources import SourceError
@@ -108,6 +117,23 @@ def test_paths_resolve_against_the_callers_folder_and_outputs_default_to_runs(tm
     assert (given.capture.source, given.sink.events, given.sink.save, given.sink.append) == \
         (["rtsp://cam/1"], str(tmp_path / "e.jsonl"), None, False)
     assert not (tmp_path / "runs" / "run2").exists()  # an explicit output makes no run folder
+
+
+@pytest.mark.parametrize("models, target", [
+    (("--detector", "diffusiondet_r50"), "detect"),  # embedder efficientnet_lite0 ships its weights
+    (("--embedder", "dino_vits16"), "embed"),  # detector ssd_mobilenet_v2 ships its weights
+    (("--detector", "diffusiondet_r50", "--embedder", "dino_vits16"), None),  # ambiguous
+    ((), None),  # both packaged: nothing takes --weights
+])
+def test_weights_flag_goes_to_the_model_without_packaged_weights(tmp_path, models, target):
+    args = run_args("--source", "v.avi", "--weights", "w.pth", *models)
+    if target is None:
+        with pytest.raises(ConfigError, match="--weights is ambiguous"):
+            launch.prepare(args, tmp_path)
+        return
+    s = launch.prepare(args, tmp_path)
+    assert getattr(s, target).weights == str(tmp_path / "w.pth")
+    assert getattr(s, "embed" if target == "detect" else "detect").weights is None
 
 
 def test_config_digest_ignores_outputs_and_identity_but_not_knobs():

@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-import eval_stream
-import evaluate
+from evaluation import evaluate
+from evaluation import replay as eval_stream
 from conftest import ROOT
-from eval_baselines import kmeans_silhouette
-from eval_metrics import UNKNOWN, clustering, from_predictions, hungarian_acc, stream_from_rows, task1, task2
+from evaluation.baselines import kmeans_silhouette
+from evaluation.metrics import UNKNOWN, clustering, from_predictions, hungarian_acc, stream_from_rows, task1, task2
 from models.sddc import normalize
 from tools import fashion_mnist
 

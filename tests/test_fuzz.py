@@ -21,10 +21,10 @@ IMAGE = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
 XYXY = np.float32([[0, 0, 2, 1], [1, 0, 3, 2]])
 TINY = {  # one small message per type: the fuzzer's seeds
     "Frame": Frame("s", 1, 5.0, IMAGE),
-    "FrameDetections": FrameDetections("s", 1, 5.0, IMAGE, XYXY, np.float32([0.5, 0.9]), ("a", "b")),
-    "FrameEmbeddings": FrameEmbeddings("s", 1, 5.0, IMAGE, XYXY, np.float32([0.5, 0.9]), ("a", "b"),
+    "FrameDetections": FrameDetections(Frame("s", 1, 5.0, IMAGE), XYXY, np.float32([0.5, 0.9]), ("a", "b")),
+    "FrameEmbeddings": FrameEmbeddings(Frame("s", 1, 5.0, IMAGE), XYXY, np.float32([0.5, 0.9]), ("a", "b"),
                                        np.float32([[1, 0, 0], [0, 1, 0]])),
-    "LabeledFrame": LabeledFrame("s", 1, 5.0, IMAGE, XYXY, np.float32([0.5, 0.9]), ("a", "b"), ("x", "unseen"),
+    "LabeledFrame": LabeledFrame(Frame("s", 1, 5.0, IMAGE), XYXY, np.float32([0.5, 0.9]), ("a", "b"), ("x", "unseen"),
                                  np.array([True, False]), np.float32([0.1, np.inf]), np.int64([3, -1])),
     "UnseenBatch": UnseenBatch("s", 1, np.float32([[1, 0, 0]]), np.int64([4]), np.zeros((1, 2, 2, 3), np.uint8)),
     "ClassUpdate": ClassUpdate(3, ("x", "y"), np.float32([[1, 0, 0], [0, 1, 0]]), np.float32([0.2, 0.3]),

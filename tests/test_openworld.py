@@ -100,7 +100,7 @@ def test_detect_emits_low_score_proposals_with_their_origin():
 
 
 def test_origins_are_checked_and_default_to_detector():
-    base = dict(source="s", index=0, ts=1.0, image=np.zeros((8, 8, 3), np.uint8),
+    base = dict(frame=Frame("s", 0, 1.0, np.zeros((8, 8, 3), np.uint8)),
                 xyxy=np.zeros((1, 4), np.float32), scores=np.ones(1, np.float32), det_labels=("a",))
     assert FrameDetections(**base).origins == ("detector",)
     with pytest.raises(ValueError, match="origins"):
@@ -110,7 +110,7 @@ def test_origins_are_checked_and_default_to_detector():
 
 
 def embedded(index: int, boxes, vectors, origins) -> FrameEmbeddings:
-    return FrameEmbeddings("s", index, 1.0, np.zeros((240, 320, 3), np.uint8), np.array(boxes, np.float32),
+    return FrameEmbeddings(Frame("s", index, 1.0, np.zeros((240, 320, 3), np.uint8)), np.array(boxes, np.float32),
                            np.full(len(boxes), 0.2, np.float32), ("object",) * len(boxes),
                            np.array(vectors, np.float32).reshape(len(boxes), -1), origins=tuple(origins))
 
@@ -158,7 +158,7 @@ def test_explained_keeps_detector_boxes_always():
 def test_origin_validates_in_the_schema():
     msg = embedded(0, [[1, 1, 30, 30]], [np.eye(8)[0]], ["motion"])
     from stream.messages import LabeledFrame
-    lab = LabeledFrame(msg.source, 0, 1.0, msg.image, msg.xyxy, msg.scores, msg.det_labels, ("unseen",),
+    lab = LabeledFrame(Frame(msg.source, 0, 1.0, msg.image), msg.xyxy, msg.scores, msg.det_labels, ("unseen",),
                        np.zeros(1, bool), np.full(1, np.inf, np.float32), np.full(1, 3, np.int64), origins=("motion",))
     frame_rec, det_rec = records(lab, 2.0)
     assert det_rec["origin"] == "motion"

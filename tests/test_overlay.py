@@ -10,7 +10,7 @@ import supervision as sv
 
 from conftest import frame_fields
 from stages.sink import Hud
-from stream.messages import LabeledFrame
+from stream.messages import Frame, LabeledFrame
 from stream.overlay import PALETTE, UNSEEN, ClassBook, Overlay, boxes_overlap, contrast, ink, place_labels
 
 
@@ -110,7 +110,7 @@ def test_classes_loaded_from_memory_are_counted_and_renames_keep_colours():
 def labeled(image: np.ndarray, xyxy, labels, seen) -> LabeledFrame:
     fields = frame_fields(0, *image.shape[:2])
     fields["image"], n = image, len(labels)
-    return LabeledFrame(**fields, xyxy=np.float32(xyxy), scores=np.linspace(0.9, 0.5, n).astype(np.float32),
+    return LabeledFrame(Frame(**fields), xyxy=np.float32(xyxy), scores=np.linspace(0.9, 0.5, n).astype(np.float32),
                         det_labels=("person",) * n, labels=tuple(labels), seen=np.array(seen, bool),
                         distance=np.zeros(n, np.float32), track=np.full(n, -1, np.int64))
 

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,17 +216,17 @@ def test_capture_process_over_curve_serves_only_its_reader(keys, bikes_video):
         ctx.term()
 
 
-def test_pipeline_over_curve_with_a_private_run_folder(keys, bikes_video, tmp_path):
+def test_pipeline_over_curve_with_a_private_run_folder(keys, bikes_video, tmp_path, own_tmpdir):
     """The whole pipeline with most endpoints on CURVE tcp and two on ipc: it runs to the end, and while it
     runs its ipc folder is 0700, its sockets and the control socket beside the memory file are 0600."""
     ports = dict(zip(["frames", "detections", "embeddings", "classes", "events"], free_tcp_ports(5)))
-    events, memory, tmp = tmp_path / "ev.jsonl", tmp_path / "m.npz", tmp_path / "tmp"
-    tmp.mkdir()
+    # the run folder goes in the test's own TMPDIR, short enough for ipc paths (tmp_path may not be)
+    events, memory, tmp = tmp_path / "ev.jsonl", tmp_path / "m.npz", Path(own_tmpdir)
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
            "--events", str(events), "--memory", str(memory), "--max-frames", "12", "--set", f"transport.keys={keys}",
            *[arg for name, port in ports.items()
              for arg in ("--set", f"transport.endpoints.{name}=tcp://127.0.0.1:{port}")]]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(tmp)))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     seen: dict[str, int] = {}
     try:
         deadline = time.monotonic() + 240

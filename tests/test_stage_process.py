@@ -12,7 +12,7 @@ import zmq
 
 from conftest import ROOT, frame_fields
 from stages.config import ENDPOINT_NAMES, GateSettings, Settings, TransportSettings
-from stream.messages import ClassUpdate, EndOfStream, Event, FrameEmbeddings, LabeledFrame
+from stream.messages import ClassUpdate, EndOfStream, Event, Frame, FrameEmbeddings, LabeledFrame
 from stream.sockets import Inbox, open_socket, send
 
 DIM = 8
@@ -64,7 +64,7 @@ def gate_process(tmp_path, request):
 
 def embeddings_msg(index: int, vectors: np.ndarray) -> FrameEmbeddings:
     n = len(vectors)
-    return FrameEmbeddings(**frame_fields(index), xyxy=np.tile(np.float32([1, 2, 20, 30]), (n, 1)),
+    return FrameEmbeddings(Frame(**frame_fields(index)), xyxy=np.tile(np.float32([1, 2, 20, 30]), (n, 1)),
                            scores=np.full(n, 0.9, np.float32), det_labels=("person",) * n,
                            embeddings=vectors.astype(np.float32))
 

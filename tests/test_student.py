@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -128,7 +129,7 @@ def test_offline_error_says_where_to_put_the_file(tmp_path, monkeypatch):
 
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setattr("timm.create_model", offline)
     with pytest.raises(ModelError) as err:
         dino_vits16()

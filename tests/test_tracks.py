@@ -8,7 +8,7 @@ from models.sddc import Gate
 from models.tracks import BoxTracker, LabelVotes
 from models.boxes import example, pack
 from stages.gate import label
-from stream.messages import FrameEmbeddings, UnseenBatch
+from stream.messages import Frame, FrameEmbeddings, UnseenBatch
 
 
 def moving_boxes(f: int) -> np.ndarray:
@@ -42,7 +42,7 @@ def test_votes_stop_flicker_and_follow_a_real_change():
 
 def frame(f: int, embeddings: np.ndarray) -> FrameEmbeddings:
     fields = frame_fields(f, h=300, w=300)
-    return FrameEmbeddings(**fields, xyxy=moving_boxes(f), scores=np.float32([0.9, 0.8]),
+    return FrameEmbeddings(Frame(**fields), xyxy=moving_boxes(f), scores=np.float32([0.9, 0.8]),
                            det_labels=("person", "car"), embeddings=embeddings)
 
 

@@ -108,8 +108,8 @@ def test_saved_video_after_discovery(bikes_video, tmp_path, xvfb):
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--events", str(events),
            "--save", str(video), "--max-frames", "48", "--set", "gate.track=false", "--set", "cluster.min_size=4",
            "--set", "cluster.period_s=0.2", "--set", "cluster.min_new=4"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env=dict(os.environ, TMPDIR=str(tmp_path)))
+    # TMPDIR stays the test's own short one (conftest.own_tmpdir): the run's ipc paths must fit 107 bytes
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "QFontDatabase" not in result.stderr and "cannot be reached" not in result.stderr
     recs = [json.loads(line) for line in events.read_text().splitlines()]

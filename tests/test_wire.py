@@ -1,6 +1,7 @@
 """Wire format: every message type round-trips (empty case included); bad input is rejected, not fatal."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -21,17 +22,17 @@ def boxes(n: int) -> dict:
 
 
 def labeled(n: int) -> LabeledFrame:
-    return LabeledFrame(**frame_fields(3), **boxes(n), labels=tuple("novel-1" for _ in range(n)),
+    return LabeledFrame(Frame(**frame_fields(3)), **boxes(n), labels=tuple("novel-1" for _ in range(n)),
                         seen=np.arange(n) % 2 == 0, distance=np.linspace(0, 1, n, dtype=np.float32),
                         track=np.arange(n, dtype=np.int64))
 
 
 CASES = {
     "frame": Frame(**frame_fields(1)),
-    "detections": FrameDetections(**frame_fields(2), **boxes(3)),
+    "detections": FrameDetections(Frame(**frame_fields(2)), **boxes(3)),
     "detections-empty": FrameDetections.empty(Frame(**frame_fields(2))),
-    "embeddings": FrameEmbeddings(**frame_fields(2), **boxes(2), embeddings=np.ones((2, 8), np.float32)),
-    "embeddings-empty": FrameEmbeddings(**frame_fields(2), **boxes(0), embeddings=np.zeros((0, 8), np.float32)),
+    "embeddings": FrameEmbeddings(Frame(**frame_fields(2)), **boxes(2), embeddings=np.ones((2, 8), np.float32)),
+    "embeddings-empty": FrameEmbeddings(Frame(**frame_fields(2)), **boxes(0), embeddings=np.zeros((0, 8), np.float32)),
     "labeled": labeled(4),
     "labeled-empty": labeled(0),
     "unseen": UnseenBatch("s", 5, np.ones((3, 8), np.float32), np.array([1, -1, 2])),
@@ -56,6 +57,8 @@ def assert_same(a, b) -> None:
         if isinstance(value, np.ndarray):
             assert other.dtype == value.dtype and other.shape == value.shape, name
             np.testing.assert_array_equal(other, value, err_msg=name)
+        elif isinstance(value, Frame):
+            assert_same(value, other)
         else:
             assert other == value, name
 
@@ -65,6 +68,85 @@ def test_round_trip(name):
     msg = CASES[name]
     frames = encode(msg)
     assert_same(decode([bytes(memoryview(f)) for f in frames]), msg)
+
+
+IMAGE = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+XYXY = np.float32([[0, 0, 2, 1], [1, 0, 3, 2]])
+# sha256 of every frame's bytes as protocol 1 sent them when box messages subclassed Frame (the commit
+# before they held one): holding the frame changed the classes, not one byte on the wire.
+PINNED = [
+    (lambda: FrameDetections(Frame("s", 1, 5.0, IMAGE), XYXY, np.float32([0.5, 0.9]), ("a", "b"),
+                             origins=("detector", "motion")),
+     "f3966033bfd6c9c5a95c3bd36539d8706d689a5f4d8ccaf769cb5294727046e6"),
+    (lambda: FrameEmbeddings(Frame("s", 1, 5.0, IMAGE), XYXY, np.float32([0.5, 0.9]), ("a", "b"),
+                             np.float32([[1, 0, 0], [0, 1, 0]])),
+     "a3352a21ed71e69ab300a707e52f2742b2ad6c13dd2acc9afbad48b3a776df47"),
+    (lambda: LabeledFrame(Frame("s", 1, 5.0, IMAGE), XYXY, np.float32([0.5, 0.9]), ("a", "b"), ("x", "unseen"),
+                          np.array([True, False]), np.float32([0.1, 2.0]), np.int64([3, -1])),
+     "400d1862bfc7ae8c3a066cf610b1558255c927b2de5f91faddcb92897d5ba383"),
+]
+
+
+@pytest.mark.parametrize("make, digest", PINNED, ids=["detections", "embeddings", "labeled"])
+def test_box_messages_keep_the_protocol_1_layout(make, digest):
+    frames = encode(make())
+    assert hashlib.sha256(b"".join(bytes(memoryview(f)) for f in frames)).hexdigest() == digest
+    header = json.loads(frames[0])
+    assert "frame" not in header["fields"] and header["arrays"][0]["name"] == "image"
+
+
+def test_a_header_naming_the_frame_field_is_refused():
+    header, *buffers = encode(CASES["detections"])
+    bad = json.loads(header)
+    bad["fields"]["frame"] = None
+    with pytest.raises(WireError, match="no field 'frame'"):
+        decode([json.dumps(bad).encode(), *buffers])
+    bad = json.loads(header)
+    del bad["fields"]["source"]
+    with pytest.raises(WireError, match="bad FrameDetections"):
+        decode([json.dumps(bad).encode(), *buffers])
+
+
+def test_box_messages_hold_a_frame_and_are_not_one():
+    detections, labeled_frame = CASES["detections"], labeled(2)
+    assert isinstance(detections.frame, Frame) and not isinstance(detections, Frame)
+    for cls in (FrameDetections, FrameEmbeddings, LabeledFrame):
+        assert not issubclass(cls, Frame) and [c for c in (FrameDetections, FrameEmbeddings, LabeledFrame)
+                                                 if issubclass(cls, c)] == [cls]
+    assert (labeled_frame.source, labeled_frame.index, labeled_frame.ts) == ("test", 3, 1003.0)
+    assert labeled_frame.image is labeled_frame.frame.image
+    with pytest.raises(ValueError, match="frame must be a Frame"):
+        FrameDetections(detections, detections.xyxy, detections.scores, detections.det_labels)
+
+
+@pytest.mark.parametrize("accepts, wrong", [
+    ((Frame, EndOfStream), "detections"),      # detect: boxes are not a frame
+    ((FrameDetections, EndOfStream), "labeled"),  # embed: a labeled frame is not a detection
+    ((FrameDetections, EndOfStream), "embeddings"),
+    ((FrameEmbeddings, EndOfStream), "labeled"),  # gate
+    ((LabeledFrame, EndOfStream), "detections"),  # sink
+])
+def test_an_inbox_accepts_only_its_own_types(accepts, wrong):
+    ctx = zmq.Context()
+    try:
+        address = f"inproc://inbox-{id(accepts)}-{wrong}"
+        pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        for sock in (pull, push):
+            sock.setsockopt(zmq.LINGER, 0)
+        pull.bind(address)
+        push.connect(address)
+        inbox = Inbox(pull, "test", accepts)
+        message = labeled(2) if wrong == "labeled" else CASES[wrong]
+        send(push, message)
+        assert inbox.recv(timeout_ms=5000) is None and inbox.rejected == 1
+        right = {Frame: CASES["frame"], FrameDetections: CASES["detections"], FrameEmbeddings: CASES["embeddings"],
+                 LabeledFrame: labeled(2)}[accepts[0]]
+        send(push, right)
+        assert type(inbox.recv(timeout_ms=5000)) is accepts[0] and inbox.rejected == 1
+    finally:
+        pull.close()
+        push.close()
+        ctx.term()
 
 
 def test_header_is_versioned_json_with_array_specs():
@@ -136,11 +218,11 @@ INVALID = {  # contents a message refuses when it is built, in-process or by the
     "index negative": lambda: Frame(**_frame(index=-1)),
     "index bool": lambda: Frame(**_frame(index=True)),
     "source not a string": lambda: Frame(**_frame(source=3)),
-    "NaN box": lambda: FrameDetections(**_frame(), **{**boxes(2), "xyxy": np.float32([[np.nan, 0, 1, 1]] * 2)}),
-    "1-D boxes": lambda: FrameDetections(**_frame(), **{**boxes(2), "xyxy": np.zeros(8, np.float32)}),
-    "inf score": lambda: FrameDetections(**_frame(), **{**boxes(2), "scores": np.float32([np.inf, 0])}),
-    "labels not strings": lambda: FrameDetections(**_frame(), **{**boxes(2), "det_labels": (1, 2)}),
-    "embeddings of dim 0": lambda: FrameEmbeddings(**_frame(), **boxes(2), embeddings=np.zeros((2, 0), np.float32)),
+    "NaN box": lambda: FrameDetections(Frame(**_frame()), **{**boxes(2), "xyxy": np.float32([[np.nan, 0, 1, 1]] * 2)}),
+    "1-D boxes": lambda: FrameDetections(Frame(**_frame()), **{**boxes(2), "xyxy": np.zeros(8, np.float32)}),
+    "inf score": lambda: FrameDetections(Frame(**_frame()), **{**boxes(2), "scores": np.float32([np.inf, 0])}),
+    "labels not strings": lambda: FrameDetections(Frame(**_frame()), **{**boxes(2), "det_labels": (1, 2)}),
+    "embeddings of dim 0": lambda: FrameEmbeddings(Frame(**_frame()), **boxes(2), embeddings=np.zeros((2, 0), np.float32)),
     "NaN distance": lambda: LabeledFrame(**{**vars(labeled(2)), "distance": np.float32([np.nan, 1])}),
     "track below -1": lambda: LabeledFrame(**{**vars(labeled(2)), "track": np.int64([0, -2])}),
     "thumbs not square": lambda: UnseenBatch("s", 1, np.ones((1, 8), np.float32), np.int64([0]),
@@ -218,5 +300,5 @@ def test_box_messages_select_by_mask():
 
 def test_box_columns_must_agree():
     with pytest.raises(ValueError, match="rows"):
-        FrameDetections(**frame_fields(), xyxy=np.zeros((2, 4), np.float32), scores=np.zeros(3, np.float32),
+        FrameDetections(Frame(**frame_fields()), xyxy=np.zeros((2, 4), np.float32), scores=np.zeros(3, np.float32),
                         det_labels=("a", "b"))

@@ -9,8 +9,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from eval_baselines import kmeans_silhouette, oracle_kmeans
-from eval_metrics import stream_from_rows
+from evaluation.baselines import kmeans_silhouette, oracle_kmeans
+from evaluation.metrics import stream_from_rows
 from models.discovery import DiscoveryRules, UnseenBuffer, discover
 from models.sddc import UNSEEN, Gate, normalize
 from models.tracks import LabelVotes
