@@ -77,7 +77,7 @@ class Progress:
             pass  # not written yet, or being replaced
         return self.status
 
-    def tick(self) -> None:
+    def tick(self, final: bool = False) -> None:
         now = time.monotonic()
         if now - self.read_at < READ_EVERY_S:
             return
@@ -95,7 +95,8 @@ class Progress:
             self.bar.update(frames - self.bar.n)
             return
         if now - self.line_at >= LINE_EVERY_S:
-            rate = (frames - self.line_frames) / max(now - self.line_t, 1e-9)  # since the last line
+            since = self.started if final else self.line_t  # the last line: over the whole run (a drain
+            rate = (frames - (0 if final else self.line_frames)) / max(now - since, 1e-9)  # adds no frames)
             self.line_at = self.line_t = now
             self.line_frames = frames
             elapsed = now - self.started
@@ -123,7 +124,7 @@ class Progress:
     def finish(self, code: int, out=None) -> None:
         """Closes the bar and prints the summary table (stdout) unless a stage refused its input (2)."""
         self.read_at = self.line_at = 0.0  # the final count, whatever the intervals
-        self.tick()
+        self.tick(final=True)
         if self.bar is not None:
             self.bar.close()
         if code == 2:

@@ -206,6 +206,22 @@ def test_progress_reads_the_status_file_and_prints_a_summary(tmp_path, tty):
     assert "abc stopped" in summary and "12 of 40" in summary and "novel-1" in summary and "e.jsonl" in summary
 
 
+def test_the_last_status_line_gives_the_whole_runs_rate_not_the_drains(tmp_path):
+    """A drain adds no frames: the final line's rate is frames over the whole run, never 0.0."""
+    status = tmp_path / "status.json"
+    settings = load(None, {"sink.status": str(status), "sink.events": str(tmp_path / "e.jsonl")})
+    err = io.StringIO()
+    p = Progress(settings, total=40, stream=err)
+    status.write_text(json.dumps({"frames": 40, "fps": 4.0, "classes": [], "done": True}))
+    p.started -= 10.0  # the run began 10 s ago
+    p.read_at = p.line_at = 0.0
+    p.tick()  # a status line with the 40 frames; then nothing new until the end
+    p.finish(0, out=io.StringIO())
+    last = err.getvalue().strip().splitlines()[-1]
+    assert "40/40 frames" in last and " 0.0 fps" not in last
+    assert 3.5 < float(last.split(" fps")[0].rsplit(" ", 1)[1]) <= 4.0
+
+
 def test_owd_run_from_another_folder_writes_runs_and_prints_the_summary(bikes_video, tmp_path):
     """The done-when run, shortened: relative source, no output flags, from a folder outside the repo."""
     (tmp_path / "clip.mp4").symlink_to(bikes_video)
