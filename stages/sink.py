@@ -1,22 +1,19 @@
-"""Sink stage: writes the JSONL event log, shows the annotated window and saves the annotated video."""
+"""Sink stage: writes the JSONL event log, shows the annotated window and saves the annotated video(s)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import time
-from collections import deque
 
-import cv2
 import zmq
 
 from stages.lifecycle import QUIT, flags
 from stages.process import Committed, StageProcess
 from stages.tally import Tally, run_started
-from stages.window import display_reachable, font_dir, waiting_screen
+from stages.window import Display, Hud
 from stream.events import EventLog
 from stream.messages import EndOfStream, Event, LabeledFrame
-from stream.overlay import ClassBook, Overlay
 from stream.sockets import send
 
 
@@ -32,115 +29,6 @@ def records(msg: LabeledFrame, now: float) -> list[dict]:
                     "score": round(float(msg.scores[i]), 4), "det_label": msg.det_labels[i],
                     "track": int(msg.track[i]), "origin": msg.origins[i]})
     return out
-
-
-class Display:
-    """The window and the video file; either may be off. `closed` turns true when the user quits. A window
-    whose display cannot be reached is one warning and no window (Qt would abort the process); until the
-    first frame it says that the models are loading."""
-
-    def __init__(self, window: str | None, save: str | None):
-        self.window, self.save = window, save
-        self.writer = self.overlay = None
-        self.closed = self.shown = False
-        if window and not display_reachable(os.environ.get("DISPLAY", "")):
-            logging.getLogger("owd.sink").warning("display %r cannot be reached: running without a window",
-                                                  os.environ.get("DISPLAY", ""))
-            self.window = None
-        if self.window:
-            if not os.path.isdir(os.environ.get("QT_QPA_FONTDIR", "")):  # cv2 points Qt at a font folder its
-                os.environ["QT_QPA_FONTDIR"] = font_dir()                  # wheel lacks: a warning per repaint
-            cv2.namedWindow(self.window, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
-            screen = waiting_screen()
-            cv2.resizeWindow(self.window, screen.shape[1], screen.shape[0])
-            cv2.imshow(self.window, screen)
-            self.idle()
-
-    @property
-    def active(self) -> bool:
-        return bool(self.window or self.save)
-
-    def idle(self) -> None:
-        """Between frames: the window repaints and hears q / Esc (before the first frame, too)."""
-        if self.window and cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-            self.closed = True
-
-    def show(self, msg: LabeledFrame, hud: "Hud", rejected: int) -> None:
-        size = (msg.image.shape[1], msg.image.shape[0])
-        if self.overlay is None or self.overlay.wh != size:  # a folder's images may differ in size
-            self.overlay = Overlay(size)
-        image = self.overlay.draw(msg, hud.book, hud.lines(msg.index, rejected))
-        if self.save:
-            if self.writer is None:
-                fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.save.endswith(".mp4") else "MJPG"))
-                self.writer = cv2.VideoWriter(self.save, fourcc, hud.source_fps or 25.0, size)
-                if not self.writer.isOpened():
-                    raise OSError(f"cannot write video {self.save}")
-            self.writer.write(image)
-        if self.window:
-            if not self.shown:
-                cv2.resizeWindow(self.window, image.shape[1], image.shape[0])
-                self.shown = True
-            cv2.imshow(self.window, image)
-            self.idle()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-        if self.window:
-            cv2.destroyAllWindows()
-
-
-class Hud:
-    """What the overlay's corner says: processing rate, drops, rejected messages, classes known (loaded
-    from the class memory and discovered), and each class's colour id."""
-
-    def __init__(self):
-        self.arrivals: deque[float] = deque()  # wall times of the last frames: >= 64 of them and >= 10 s
-        self.book = ClassBook()
-        self.loaded = 0  # the cluster stage's count at start, for a run whose log gives no names
-        self.dropped_by: dict[str, int] = {}  # stage -> its running total (capture and, live, detect drop)
-        self.source_fps = 0.0
-
-    def on_event(self, rec: dict) -> None:
-        kind, name = rec["type"], rec.get("class")
-        if kind == "frame_dropped":
-            self.dropped_by[rec.get("stage", "")] = rec.get("total", 0)
-        elif kind in ("class_discovered", "class_updated") and isinstance(name, str):
-            self.book.id(name)
-        elif kind == "class_renamed" and isinstance(name, str) and isinstance(rec.get("old"), str):
-            self.book.rename(rec["old"], name)
-        elif kind == "class_merged" and isinstance(rec.get("merged"), str):
-            self.book.remove(rec["merged"])
-        elif kind == "class_deleted" and isinstance(name, str):
-            self.book.remove(name)
-        elif kind == "stage_started" and rec.get("stage") == "cluster":
-            names = rec.get("names")  # from the wire: any JSON value
-            for n in names if isinstance(names, list) else ():
-                if isinstance(n, str):
-                    self.book.id(n)
-            self.loaded = rec["classes"] if isinstance(rec.get("classes"), int) else 0
-        elif kind == "stage_started" and rec.get("stage") == "capture":
-            fps = rec.get("fps")
-            self.source_fps = float(fps) if isinstance(fps, (int, float)) and 0 < fps <= 1000 else 0.0
-
-    def on_frame(self, now: float) -> None:
-        self.arrivals.append(now)
-        while len(self.arrivals) > 65 and now - self.arrivals[1] >= 10.0:
-            self.arrivals.popleft()
-
-    @property
-    def fps(self) -> float | None:
-        """Frames completed over wall time, over the last >= 10 s and >= 64 frames (frames arrive in
-        bursts of a batch: a short window would measure the burst); None until 16 frames are in."""
-        if len(self.arrivals) < 16 or self.arrivals[-1] <= self.arrivals[0]:
-            return None
-        return (len(self.arrivals) - 1) / (self.arrivals[-1] - self.arrivals[0])
-
-    def lines(self, index: int, rejected: int) -> list[str]:
-        fps = f"{self.fps:5.1f}" if self.fps is not None else "  ..."
-        return [f"{fps} fps  frame {index}", f"dropped {sum(self.dropped_by.values())}  rejected {rejected}",
-                f"classes {max(len(self.book), self.loaded)}"]
 
 
 class Ledger:
@@ -226,7 +114,8 @@ def run(stage: StageProcess) -> int:
     log.write({"type": "stage_started", "ts": time.time(), "stage": "sink", "pid": os.getpid()})
     tally = Tally(stage.settings, frames=ledger.logged())
     parent = os.getppid()
-    display, hud = Display(window, s.save if not stage.attempt else None), Hud()
+    display = Display(window, s.save if not stage.attempt else None, stage.settings.capture.source)
+    hud = Hud()
     if s.save and stage.attempt:
         stage.log.warning("restarted: the annotated video %s is not continued", s.save)
     poller = zmq.Poller()
@@ -257,7 +146,7 @@ def run(stage: StageProcess) -> int:
                 now = time.time()
                 log.write_many(records(msg, now))  # one write: a kill leaves a frame's records whole or absent
                 ledger.commit(msg.source, msg.index)
-                hud.on_frame(now)
+                hud.on_frame(now, msg.source)
                 tally.on_frame(now)
                 frames += 1
                 stage.stats.inc("frames", source=msg.source)
