@@ -14,6 +14,7 @@ from stages.tally import Tally, run_started
 from stages.window import Display, Hud
 from stream.events import EventLog
 from stream.messages import EndOfStream, Event, LabeledFrame
+from stream.reorder import Reorder
 from stream.sockets import send
 
 
@@ -83,6 +84,40 @@ class Ledger:
             pass  # capture is away (restarting): the next summary tells it
 
 
+class Order:
+    """Each source's frames are logged in index order: the gate sends them in order, and nothing after it
+    reorders, until a restart on the frame path (this sink, or detect / embed / gate: stage_restarted)
+    loses frames in flight that capture then replays behind their successors. From then on the sink
+    holds a source's frames that come after a missing one until it arrives, within the gate's bound
+    (gate.reorder_frames, gate.reorder_s; live: never waits); a frame that still comes after its turn is
+    logged late. Before any restart this is a pass-through (a corrupt frame's gap is waited for by the
+    gate alone)."""
+
+    def __init__(self, max_held: int, max_wait_s: float):
+        self.max_held, self.max_wait_s = max_held, max_wait_s
+        self.guards: dict[str, Reorder] | None = None  # None: no restart yet
+
+    def arm(self, ledger: Ledger) -> None:
+        """A restart: every source waits from one past its highest frame logged (the log was in order
+        up to here); a source with none logged yet lets its first frames decide."""
+        if self.guards is None:
+            self.guards = {source: Reorder(self.max_held, self.max_wait_s, c.high)
+                           for source, c in ledger.committed.items()}
+
+    def push(self, msg: LabeledFrame, now: float) -> list[LabeledFrame]:
+        if self.guards is None:
+            return [msg]
+        guard = self.guards.setdefault(msg.source, Reorder(self.max_held, self.max_wait_s, None))
+        return [m for m, _ in guard.push(msg.index, msg, now)]
+
+    def release(self, now: float, flush: bool = False) -> list[LabeledFrame]:
+        return [m for g in (self.guards or {}).values() for m, _ in g.release(now, flush)]
+
+    @property
+    def held(self) -> int:
+        return sum(len(g.held) for g in (self.guards or {}).values())
+
+
 def read_back(path: str) -> list[dict]:
     """The records of an existing log; a last line cut short by a kill is removed from the file."""
     with open(path, "rb+") as f:
@@ -122,6 +157,25 @@ def run(stage: StageProcess) -> int:
     poller.register(frames_in.sock, zmq.POLLIN)
     poller.register(events_in.sock, zmq.POLLIN)
     frames, frames_done, events_done = 0, False, False  # done: end of stream from the gate / the cluster
+    order = Order(1 if stage.live else stage.settings.gate.reorder_frames, stage.settings.gate.reorder_s)
+    if stage.attempt:
+        order.arm(ledger)
+
+    def write(ready: list[LabeledFrame]) -> None:
+        nonlocal frames
+        for msg in ready:
+            if ledger.seen(msg.source, msg.index):
+                continue
+            now = time.time()
+            log.write_many(records(msg, now))  # one write: a kill leaves a frame's records whole or absent
+            ledger.commit(msg.source, msg.index)
+            hud.on_frame(now, msg.source)
+            tally.on_frame(now)
+            frames += 1
+            stage.stats.inc("frames", source=msg.source)
+            stage.stats.observe("latency", now - msg.ts, msg.source)
+            if display.active:
+                display.show(msg, hud, frames_in.rejected + events_in.rejected)
     try:
         while not (frames_done and events_done) and not display.closed:
             display.idle()
@@ -129,6 +183,7 @@ def run(stage: StageProcess) -> int:
             ledger.summarise(stage.live)
             tally.status(ledger.duplicates, frames_in.rejected + events_in.rejected)
             stage.stats.total("rejected", frames_in.rejected + events_in.rejected)
+            write(order.release(time.monotonic()))
             if not ready and stage.drained:
                 break  # supervised: told to stop, and nothing left to write
             msg = events_in.recv(0) if events_in.sock in ready else None
@@ -140,19 +195,13 @@ def run(stage: StageProcess) -> int:
                 if msg.record.get("type") == "frame_dropped" and msg.record.get("stage") == "detect":
                     for index in msg.record.get("frames", ()):  # accounted for: capture need not wait for them
                         ledger.commit(msg.record.get("source", ""), int(index))
+                if msg.record.get("type") == "stage_restarted" and msg.record.get("stage") in ("detect", "embed", "gate"):
+                    order.arm(ledger)
             msg = frames_in.recv(0) if frames_in.sock in ready else None
             frames_done |= isinstance(msg, EndOfStream)
             if isinstance(msg, LabeledFrame) and not ledger.seen(msg.source, msg.index):
-                now = time.time()
-                log.write_many(records(msg, now))  # one write: a kill leaves a frame's records whole or absent
-                ledger.commit(msg.source, msg.index)
-                hud.on_frame(now, msg.source)
-                tally.on_frame(now)
-                frames += 1
-                stage.stats.inc("frames", source=msg.source)
-                stage.stats.observe("latency", now - msg.ts, msg.source)
-                if display.active:
-                    display.show(msg, hud, frames_in.rejected + events_in.rejected)
+                write(order.push(msg, time.monotonic()))
+        write(order.release(time.monotonic(), flush=True))
         while (msg := events_in.recv(100)) is not None:  # late stage_stopped records
             if isinstance(msg, Event):
                 log.write(msg.record)
