@@ -131,6 +131,8 @@ class Display:
             self.write(msg.source, image, hud.rate_of(msg.source))
         if self.window:
             if self.many:
+                if msg.source not in self.sources:  # named otherwise than in the settings: a tile of its own
+                    self.sources.append(msg.source)
                 self.tiles[msg.source] = image
                 self.cell = self.cell or cell_size((image.shape[1], image.shape[0]), len(self.sources))
                 notes = [f"{Path(s).name}: failed" if s in hud.failed else f"waiting for {Path(s).name}"
