@@ -20,9 +20,10 @@ from stream.overlay import FONT, PALETTE, UNSEEN, Overlay
 from test_overlay import labeled, near
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def xvfb():
-    """A private X server; DISPLAY points at it for the test and its children."""
+    """A private X server; DISPLAY points at it for this module's tests and their children. One per module:
+    OpenCV's Qt stays connected to the first display it opened, and aborts the process once that server is gone."""
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb is not installed (Debian package xvfb)")
     read, write = os.pipe()
