@@ -5,7 +5,8 @@
 
 Every row is a whole run of run_pipeline.py in this process's order, same config and frames per
 source; frames/s is steady state (first to last frame record, all sources together) and over the
-whole run including start-up. On a 2-core machine a second detect worker only helps while the
+whole run including start-up. The load average is printed before the first run and after each (other
+processes on the machine skew every figure). On a 2-core machine a second detect worker only helps while the
 detector is the slowest stage and a core is free.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def run(config: str, sources: list[str], n: int, workers: int) -> tuple[float, f
         for source in sources:
             cmd += ["--source", source]
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL, cwd=ROOT)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         wall = time.perf_counter() - t
         ts = sorted(r["ts"] for r in map(json.loads, open(events)) if r["type"] == "frame")
     expected = n * len(sources)
@@ -64,8 +65,8 @@ def main() -> None:
     for name, sources, workers in rows:
         steady, overall, frames = run(args.config, sources, args.frames, workers)
         base = base or steady
-        print(f"{name:40s} {steady:6.2f} frames/s steady ({steady / base:4.2f}x)  {overall:6.2f} incl. start-up  "
-              f"({frames} frames)", flush=True)
+        print(f"{name:38s} {steady:6.2f} frames/s steady ({steady / base:4.2f}x)  {overall:6.2f} incl. start-up  "
+              f"({frames} frames; load after {os.getloadavg()[0]:.1f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import zmq
 from stages.process import Committed, StageProcess
 from stream.messages import EndOfStream, Event, Frame
 from stream.sockets import Inbox, send
-from stream.sources import LiveSource, open_source
+from stream.sources import LiveSource, SourceError, VideoFile, open_source
 
 
 class Ledger:
@@ -64,7 +64,7 @@ class Ledger:
 
 def run(stage: StageProcess) -> int:
     s = stage.settings.capture
-    sources = [open_source(spec) for spec in s.source]
+    sources, failed = _open(s.source)
     live = s.mode == "live" or (s.mode == "auto" and sources[0].live)
     if live and (len(sources) > 1 or not isinstance(sources[0], LiveSource)):
         raise ValueError("capture.mode: live needs one camera index or URL (several sources: files and folders)")
@@ -74,7 +74,10 @@ def run(stage: StageProcess) -> int:
     if stage.supervised:
         for source in sources:
             Ledger(stage, source.name, ledgers)
-    stage.started(source=sources[0].name, sources=[x.name for x in sources], live=live, fps=float(sources[0].fps))
+    stage.started(source=sources[0].name, sources=[x.name for x in sources], live=live, fps=float(sources[0].fps),
+                  source_fps=[float(x.fps) for x in sources])
+    for spec, error in failed if not stage.attempt else ():  # a restarted capture said it before
+        _failed(stage, spec, error, 0)
     try:
         if live:
             sent, reason = _live(stage, sources[0], out, s.max_frames, ledgers.get(sources[0].name))
@@ -96,6 +99,28 @@ def run(stage: StageProcess) -> int:
     stage.emit("stage_stopped", frames=sum(sent.values()), corrupt=sum(x.corrupt for x in sources), reason=reason,
                lost=lost)
     return 0
+
+
+def _open(specs: list[str]) -> tuple[list, list[tuple[str, str]]]:
+    """The sources that open, and (spec, error) of those that do not; when none opens, the first
+    error is raised (one line, exit 2), as for a run of one source."""
+    sources, failed = [], []
+    for spec in specs:
+        try:
+            sources.append(open_source(spec))
+        except SourceError as exc:
+            failed.append((spec, str(exc)))
+    if not sources:
+        raise SourceError(failed[0][1] if len(failed) == 1 else
+                          f"no source could be opened: {'; '.join(error for _, error in failed)}")
+    return sources, failed
+
+
+def _failed(stage: StageProcess, source: str, error: str, frames: int) -> None:
+    """A source that cannot be opened or stops mid-way: a source_failed record and a line on stderr;
+    the other sources go on."""
+    stage.emit("source_failed", source=source, error=error, frames=frames)
+    print(f"owd capture: source {source} failed after {frames} frame(s): {error}", file=sys.stderr)
 
 
 def _drain(stage: StageProcess, ledgers: dict[str, Ledger], out: zmq.Socket, live: bool) -> int:
@@ -145,7 +170,8 @@ class _Feed:
         self.frames, self.read = source.frames(), 0
         self.resend: deque[int] = deque()
         self.nxt, self.fresh = None, False  # the frame to send next; fresh: read from the source, never sent
-        self.reason = ""                    # set when this source is done
+        self.reason = ""                    # set when this source is done: end, stopped or failed
+        self.last = -1                      # the index of the last frame read
 
     def next_frame(self, stage: StageProcess, max_frames: int, window: int) -> Frame | None:
         """The frame to send now, or None (waiting for the sink, or done: see reason)."""
@@ -169,10 +195,22 @@ class _Feed:
                 return None
             if ledger is not None and len(ledger.pending) >= window:
                 return None  # wait for the sink to catch up
-            item = next(self.frames, None)
+            try:
+                item = next(self.frames, None)
+            except Exception as exc:  # a decoder or file error mid-way: this source ends, the others go on
+                self.reason = "failed"
+                _failed(stage, self.source.name, f"{type(exc).__name__}: {exc}", self.read)
+                return None
             if item is None:
                 self.reason = "end"
+                declared = self.source.frame_count if isinstance(self.source, VideoFile) else 0
+                # slack: some containers estimate the count from duration x rate (1 %, at least one frame)
+                if not stage.attempt and self.last + 1 < declared - max(1, declared // 100):
+                    self.reason = "failed"
+                    _failed(stage, self.source.name, f"the video ended after {self.last + 1} of the {declared} "
+                            f"frames its header declares (truncated or damaged?)", self.read)
                 return None
+            self.last = item[0]
             self.read += 1
             if ledger is not None and item[0] in ledger.committed:
                 continue  # logged before this capture restarted

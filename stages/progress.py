@@ -53,6 +53,14 @@ def _shown(path: str | None) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _videos(save: str | None, sources: int) -> str:
+    """The annotated video, or with several sources the pattern of their files (stages/window.py: save_paths)."""
+    if not save or sources < 2:
+        return _shown(save)
+    stem, suffix = os.path.splitext(_shown(save))
+    return f"{stem}-*{suffix} (one per source)"
+
+
 class Progress:
     """Read by the supervisor's watch loop (tick, about ten times a second; it reads the sink's status
     file at most every READ_EVERY_S, so it costs nothing measurable)."""
@@ -138,7 +146,7 @@ class Progress:
                             f"rejected messages {st.get('rejected', 0)}"),
                 ("classes", f"{len(st.get('classes', []))}" + (f"  ({', '.join(st['classes'])})"
                                                                 if st.get("classes") else "")),
-                ("events", _shown(sink.events)), ("video", _shown(sink.save))]
+                ("events", _shown(sink.events)), ("video", _videos(sink.save, len(self.settings.capture.source)))]
         out = out or sys.stdout
         for key, value in rows:
             print(f"  {key:<8} {value}", file=out)

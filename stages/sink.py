@@ -1,22 +1,20 @@
-"""Sink stage: writes the JSONL event log, shows the annotated window and saves the annotated video."""
+"""Sink stage: writes the JSONL event log, shows the annotated window and saves the annotated video(s)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import time
-from collections import deque
 
-import cv2
 import zmq
 
 from stages.lifecycle import QUIT, flags
 from stages.process import Committed, StageProcess
 from stages.tally import Tally, run_started
-from stages.window import display_reachable, font_dir, waiting_screen
+from stages.window import Display, Hud
 from stream.events import EventLog
 from stream.messages import EndOfStream, Event, LabeledFrame
-from stream.overlay import ClassBook, Overlay
+from stream.reorder import Reorder
 from stream.sockets import send
 
 
@@ -32,115 +30,6 @@ def records(msg: LabeledFrame, now: float) -> list[dict]:
                     "score": round(float(msg.scores[i]), 4), "det_label": msg.det_labels[i],
                     "track": int(msg.track[i]), "origin": msg.origins[i]})
     return out
-
-
-class Display:
-    """The window and the video file; either may be off. `closed` turns true when the user quits. A window
-    whose display cannot be reached is one warning and no window (Qt would abort the process); until the
-    first frame it says that the models are loading."""
-
-    def __init__(self, window: str | None, save: str | None):
-        self.window, self.save = window, save
-        self.writer = self.overlay = None
-        self.closed = self.shown = False
-        if window and not display_reachable(os.environ.get("DISPLAY", "")):
-            logging.getLogger("owd.sink").warning("display %r cannot be reached: running without a window",
-                                                  os.environ.get("DISPLAY", ""))
-            self.window = None
-        if self.window:
-            if not os.path.isdir(os.environ.get("QT_QPA_FONTDIR", "")):  # cv2 points Qt at a font folder its
-                os.environ["QT_QPA_FONTDIR"] = font_dir()                  # wheel lacks: a warning per repaint
-            cv2.namedWindow(self.window, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
-            screen = waiting_screen()
-            cv2.resizeWindow(self.window, screen.shape[1], screen.shape[0])
-            cv2.imshow(self.window, screen)
-            self.idle()
-
-    @property
-    def active(self) -> bool:
-        return bool(self.window or self.save)
-
-    def idle(self) -> None:
-        """Between frames: the window repaints and hears q / Esc (before the first frame, too)."""
-        if self.window and cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-            self.closed = True
-
-    def show(self, msg: LabeledFrame, hud: "Hud", rejected: int) -> None:
-        size = (msg.image.shape[1], msg.image.shape[0])
-        if self.overlay is None or self.overlay.wh != size:  # a folder's images may differ in size
-            self.overlay = Overlay(size)
-        image = self.overlay.draw(msg, hud.book, hud.lines(msg.index, rejected))
-        if self.save:
-            if self.writer is None:
-                fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.save.endswith(".mp4") else "MJPG"))
-                self.writer = cv2.VideoWriter(self.save, fourcc, hud.source_fps or 25.0, size)
-                if not self.writer.isOpened():
-                    raise OSError(f"cannot write video {self.save}")
-            self.writer.write(image)
-        if self.window:
-            if not self.shown:
-                cv2.resizeWindow(self.window, image.shape[1], image.shape[0])
-                self.shown = True
-            cv2.imshow(self.window, image)
-            self.idle()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-        if self.window:
-            cv2.destroyAllWindows()
-
-
-class Hud:
-    """What the overlay's corner says: processing rate, drops, rejected messages, classes known (loaded
-    from the class memory and discovered), and each class's colour id."""
-
-    def __init__(self):
-        self.arrivals: deque[float] = deque()  # wall times of the last frames: >= 64 of them and >= 10 s
-        self.book = ClassBook()
-        self.loaded = 0  # the cluster stage's count at start, for a run whose log gives no names
-        self.dropped_by: dict[str, int] = {}  # stage -> its running total (capture and, live, detect drop)
-        self.source_fps = 0.0
-
-    def on_event(self, rec: dict) -> None:
-        kind, name = rec["type"], rec.get("class")
-        if kind == "frame_dropped":
-            self.dropped_by[rec.get("stage", "")] = rec.get("total", 0)
-        elif kind in ("class_discovered", "class_updated") and isinstance(name, str):
-            self.book.id(name)
-        elif kind == "class_renamed" and isinstance(name, str) and isinstance(rec.get("old"), str):
-            self.book.rename(rec["old"], name)
-        elif kind == "class_merged" and isinstance(rec.get("merged"), str):
-            self.book.remove(rec["merged"])
-        elif kind == "class_deleted" and isinstance(name, str):
-            self.book.remove(name)
-        elif kind == "stage_started" and rec.get("stage") == "cluster":
-            names = rec.get("names")  # from the wire: any JSON value
-            for n in names if isinstance(names, list) else ():
-                if isinstance(n, str):
-                    self.book.id(n)
-            self.loaded = rec["classes"] if isinstance(rec.get("classes"), int) else 0
-        elif kind == "stage_started" and rec.get("stage") == "capture":
-            fps = rec.get("fps")
-            self.source_fps = float(fps) if isinstance(fps, (int, float)) and 0 < fps <= 1000 else 0.0
-
-    def on_frame(self, now: float) -> None:
-        self.arrivals.append(now)
-        while len(self.arrivals) > 65 and now - self.arrivals[1] >= 10.0:
-            self.arrivals.popleft()
-
-    @property
-    def fps(self) -> float | None:
-        """Frames completed over wall time, over the last >= 10 s and >= 64 frames (frames arrive in
-        bursts of a batch: a short window would measure the burst); None until 16 frames are in."""
-        if len(self.arrivals) < 16 or self.arrivals[-1] <= self.arrivals[0]:
-            return None
-        return (len(self.arrivals) - 1) / (self.arrivals[-1] - self.arrivals[0])
-
-    def lines(self, index: int, rejected: int) -> list[str]:
-        fps = f"{self.fps:5.1f}" if self.fps is not None else "  ..."
-        return [f"{fps} fps  frame {index}", f"dropped {sum(self.dropped_by.values())}  rejected {rejected}",
-                f"classes {max(len(self.book), self.loaded)}"]
 
 
 class Ledger:
@@ -195,6 +84,40 @@ class Ledger:
             pass  # capture is away (restarting): the next summary tells it
 
 
+class Order:
+    """Each source's frames are logged in index order: the gate sends them in order, and nothing after it
+    reorders, until a restart on the frame path (this sink, or detect / embed / gate: stage_restarted)
+    loses frames in flight that capture then replays behind their successors. From then on the sink
+    holds a source's frames that come after a missing one until it arrives, within the gate's bound
+    (gate.reorder_frames, gate.reorder_s; live: never waits); a frame that still comes after its turn is
+    logged late. Before any restart this is a pass-through (a corrupt frame's gap is waited for by the
+    gate alone)."""
+
+    def __init__(self, max_held: int, max_wait_s: float):
+        self.max_held, self.max_wait_s = max_held, max_wait_s
+        self.guards: dict[str, Reorder] | None = None  # None: no restart yet
+
+    def arm(self, ledger: Ledger) -> None:
+        """A restart: every source waits from one past its highest frame logged (the log was in order
+        up to here); a source with none logged yet lets its first frames decide."""
+        if self.guards is None:
+            self.guards = {source: Reorder(self.max_held, self.max_wait_s, c.high)
+                           for source, c in ledger.committed.items()}
+
+    def push(self, msg: LabeledFrame, now: float) -> list[LabeledFrame]:
+        if self.guards is None:
+            return [msg]
+        guard = self.guards.setdefault(msg.source, Reorder(self.max_held, self.max_wait_s, None))
+        return [m for m, _ in guard.push(msg.index, msg, now)]
+
+    def release(self, now: float, flush: bool = False) -> list[LabeledFrame]:
+        return [m for g in (self.guards or {}).values() for m, _ in g.release(now, flush)]
+
+    @property
+    def held(self) -> int:
+        return sum(len(g.held) for g in (self.guards or {}).values())
+
+
 def read_back(path: str) -> list[dict]:
     """The records of an existing log; a last line cut short by a kill is removed from the file."""
     with open(path, "rb+") as f:
@@ -226,13 +149,33 @@ def run(stage: StageProcess) -> int:
     log.write({"type": "stage_started", "ts": time.time(), "stage": "sink", "pid": os.getpid()})
     tally = Tally(stage.settings, frames=ledger.logged())
     parent = os.getppid()
-    display, hud = Display(window, s.save if not stage.attempt else None), Hud()
+    display = Display(window, s.save if not stage.attempt else None, stage.settings.capture.source)
+    hud = Hud()
     if s.save and stage.attempt:
         stage.log.warning("restarted: the annotated video %s is not continued", s.save)
     poller = zmq.Poller()
     poller.register(frames_in.sock, zmq.POLLIN)
     poller.register(events_in.sock, zmq.POLLIN)
     frames, frames_done, events_done = 0, False, False  # done: end of stream from the gate / the cluster
+    order = Order(1 if stage.live else stage.settings.gate.reorder_frames, stage.settings.gate.reorder_s)
+    if stage.attempt:
+        order.arm(ledger)
+
+    def write(ready: list[LabeledFrame]) -> None:
+        nonlocal frames
+        for msg in ready:
+            if ledger.seen(msg.source, msg.index):
+                continue
+            now = time.time()
+            log.write_many(records(msg, now))  # one write: a kill leaves a frame's records whole or absent
+            ledger.commit(msg.source, msg.index)
+            hud.on_frame(now, msg.source)
+            tally.on_frame(now)
+            frames += 1
+            stage.stats.inc("frames", source=msg.source)
+            stage.stats.observe("latency", now - msg.ts, msg.source)
+            if display.active:
+                display.show(msg, hud, frames_in.rejected + events_in.rejected)
     try:
         while not (frames_done and events_done) and not display.closed:
             display.idle()
@@ -240,6 +183,7 @@ def run(stage: StageProcess) -> int:
             ledger.summarise(stage.live)
             tally.status(ledger.duplicates, frames_in.rejected + events_in.rejected)
             stage.stats.total("rejected", frames_in.rejected + events_in.rejected)
+            write(order.release(time.monotonic()))
             if not ready and stage.drained:
                 break  # supervised: told to stop, and nothing left to write
             msg = events_in.recv(0) if events_in.sock in ready else None
@@ -251,19 +195,13 @@ def run(stage: StageProcess) -> int:
                 if msg.record.get("type") == "frame_dropped" and msg.record.get("stage") == "detect":
                     for index in msg.record.get("frames", ()):  # accounted for: capture need not wait for them
                         ledger.commit(msg.record.get("source", ""), int(index))
+                if msg.record.get("type") == "stage_restarted" and msg.record.get("stage") in ("detect", "embed", "gate"):
+                    order.arm(ledger)
             msg = frames_in.recv(0) if frames_in.sock in ready else None
             frames_done |= isinstance(msg, EndOfStream)
             if isinstance(msg, LabeledFrame) and not ledger.seen(msg.source, msg.index):
-                now = time.time()
-                log.write_many(records(msg, now))  # one write: a kill leaves a frame's records whole or absent
-                ledger.commit(msg.source, msg.index)
-                hud.on_frame(now)
-                tally.on_frame(now)
-                frames += 1
-                stage.stats.inc("frames", source=msg.source)
-                stage.stats.observe("latency", now - msg.ts, msg.source)
-                if display.active:
-                    display.show(msg, hud, frames_in.rejected + events_in.rejected)
+                write(order.push(msg, time.monotonic()))
+        write(order.release(time.monotonic(), flush=True))
         while (msg := events_in.recv(100)) is not None:  # late stage_stopped records
             if isinstance(msg, Event):
                 log.write(msg.record)

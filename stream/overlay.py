@@ -1,5 +1,5 @@
 """Draws a labelled frame with supervision's annotators: boxes coloured by class id, labels that neither
-overlap nor leave the frame, a HUD and a legend of classes with counts."""
+overlap nor leave the frame, a HUD and a legend of classes with counts; several sources as a mosaic of tiles."""
 from __future__ import annotations
 
 import cv2
@@ -176,3 +176,42 @@ class Overlay:
             lookup = np.where(seen, ids % len(PALETTE), len(PALETTE))[ok]
             self.labels.annotate(image, rects, labels=[t for t, k in zip(texts, ok) if k], custom_color_lookup=lookup)
         return image
+
+
+def grid(n: int) -> tuple[int, int]:
+    """(columns, rows) for n tiles: as square as possible, wider than tall (2 -> 2x1, 3 -> 2x2, 5 -> 3x2)."""
+    cols = max(1, int(np.ceil(np.sqrt(n))))
+    return cols, max(1, -(-n // cols))
+
+
+def cell_size(first_wh: tuple[int, int], n: int, screen_wh: tuple[int, int] = (1920, 1080)) -> tuple[int, int]:
+    """One tile's size: the first frame's, shrunk (aspect kept) until the whole mosaic fits screen_wh."""
+    cols, rows = grid(n)
+    scale = min(1.0, screen_wh[0] / (cols * first_wh[0]), screen_wh[1] / (rows * first_wh[1]))
+    return max(16, int(first_wh[0] * scale)), max(16, int(first_wh[1] * scale))
+
+
+def mosaic(tiles: list[np.ndarray | None], notes: list[str], cell_wh: tuple[int, int]) -> np.ndarray:
+    """The tiles in reading order on a dark grid, each scaled (aspect kept) and centred in its cell with a
+    1-pixel grey rule between cells; a missing tile (no frame yet) shows its note instead."""
+    cols, rows = grid(len(tiles))
+    w, h = cell_wh
+    out = np.full((rows * h, cols * w, 3), 32, np.uint8)
+    for k, (tile, text) in enumerate(zip(tiles, notes)):
+        x0, y0 = (k % cols) * w, (k // cols) * h
+        if tile is None:
+            scale = max(0.4, min(w, h) / 1000)
+            (tw, th), _ = cv2.getTextSize(text, FONT, scale, 1)
+            cell = out[y0:y0 + h, x0:x0 + w].copy()  # drawn in its cell: a long note is cut at the cell's edge
+            cv2.putText(cell, text, (max((w - tw) // 2, 4), (h + th) // 2), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+            out[y0:y0 + h, x0:x0 + w] = cell
+        else:
+            f = min(w / tile.shape[1], h / tile.shape[0])
+            tw, th = max(1, round(tile.shape[1] * f)), max(1, round(tile.shape[0] * f))
+            small = tile if (tw, th) == (tile.shape[1], tile.shape[0]) else \
+                cv2.resize(tile, (tw, th), interpolation=cv2.INTER_AREA)
+            ox, oy = x0 + (w - tw) // 2, y0 + (h - th) // 2
+            out[oy:oy + th, ox:ox + tw] = small
+    out[:, w:cols * w:w] = 128
+    out[h:rows * h:h, :] = 128
+    return out

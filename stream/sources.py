@@ -47,6 +47,7 @@ class VideoFile:
         if not self.cap.isOpened():
             raise SourceError(f"cannot open video {path}: not a video OpenCV can decode")
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 25.0
+        self.frame_count = max(int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)  # as the header says; 0 unknown
         self.corrupt = 0
 
     def frames(self) -> Iterator[tuple[int, np.ndarray]]:

@@ -1,4 +1,5 @@
-"""The overlay's parts on their own: palette, text colour, label placement, class ids, the HUD's rate and class count."""
+"""The overlay's parts on their own: palette, text colour, label placement, class ids, the HUD's rate and class count,
+the mosaic of several sources."""
 from __future__ import annotations
 
 import itertools
@@ -10,8 +11,10 @@ import supervision as sv
 
 from conftest import frame_fields
 from stages.sink import Hud
+from stages.window import save_paths
 from stream.messages import Frame, LabeledFrame
-from stream.overlay import PALETTE, UNSEEN, ClassBook, Overlay, boxes_overlap, contrast, ink, place_labels
+from stream.overlay import (PALETTE, UNSEEN, ClassBook, Overlay, boxes_overlap, cell_size, contrast, grid, ink, mosaic,
+                            place_labels)
 
 
 def lab(c: sv.Color) -> np.ndarray:
@@ -130,3 +133,47 @@ def test_draw_colours_boxes_by_class_and_lists_them_in_the_legend():
     legend = image[:80, 300:]
     assert near(legend, PALETTE[0]).sum() > 20 and near(legend, PALETTE[1]).sum() > 20 and near(legend, UNSEEN).sum() > 20
     assert near(image[:30, :150], sv.Color.WHITE, 60).sum() > 30  # HUD text
+
+
+def test_a_hud_per_source_counts_its_own_frames_and_drops():
+    hud = Hud()
+    for i in range(100):  # a at 10 frames/s, b at 2 frames/s, over the same 10 s
+        hud.on_frame(i / 10, "/data/a.mp4")
+        if i % 5 == 0:
+            hud.on_frame(i / 10 + 0.01, "/data/b.avi")
+    hud.on_event({"type": "frame_dropped", "stage": "detect", "source": "/data/b.avi", "total": 7})
+    hud.on_event({"type": "stage_started", "stage": "cluster", "classes": 2})
+    assert hud.rate("/data/a.mp4") == pytest.approx(10.0, rel=0.02)
+    assert hud.rate("/data/b.avi") == pytest.approx(2.0, rel=0.1)
+    assert hud.fps == pytest.approx(12.0, rel=0.05)  # every source together
+    assert hud.lines(99, 1, "/data/a.mp4") == ["a.mp4", " 10.0 fps  frame 99", "dropped 0  rejected 1", "classes 2"]
+    assert hud.lines(95, 1, "/data/b.avi")[:3] == ["b.avi", "  2.0 fps  frame 95", "dropped 7  rejected 1"]
+    assert hud.lines(99, 1) == [f"{hud.fps:5.1f} fps  frame 99", "dropped 7  rejected 1", "classes 2"]  # one source: as before
+
+
+def test_grid_and_cell_fit_the_screen():
+    assert [grid(n) for n in (1, 2, 3, 4, 5, 9)] == [(1, 1), (2, 1), (2, 2), (2, 2), (3, 2), (3, 3)]
+    assert cell_size((768, 576), 2) == (768, 576)  # 1536 x 576 fits 1920 x 1080
+    w, h = cell_size((1280, 720), 4)  # 2 x 2 of 1280 x 720 does not: shrunk, aspect kept
+    assert 2 * w <= 1920 and 2 * h <= 1080 and w / h == pytest.approx(1280 / 720, rel=0.01)
+
+
+def test_mosaic_places_each_tile_in_its_cell_and_notes_the_missing_ones():
+    red, blue = np.zeros((60, 80, 3), np.uint8), np.zeros((120, 80, 3), np.uint8)
+    red[:] = (0, 0, 255)
+    blue[:] = (255, 0, 0)
+    out = mosaic([red, blue, None], ["", "", "waiting for c.mp4"], (80, 60))
+    assert out.shape == (120, 160, 3)  # 2 x 2 cells of 80 x 60
+    assert (out[5:55, 5:75] == (0, 0, 255)).all()  # tile 0: fills its cell
+    right = out[0:60, 80:160]  # tile 1 (twice as tall): shrunk to 30 x 60, centred, dark beside it
+    assert (right[5:55, 30:50] == (255, 0, 0)).all() and (right[:, 2:20] == 32).all()
+    assert (out[:, 80] == 128).all() and (out[60, :] == 128).all()  # rules between cells
+    assert (out[61:120, 1:80] > 200).any(), "the note of the missing tile"
+    assert (out[61:120, 81:160] == 32).all()  # the fourth cell is empty
+
+
+def test_several_sources_save_one_video_each_beside_the_path_given():
+    assert save_paths("/r/annotated.mp4", ["/v/cam.avi"]) == {"/v/cam.avi": "/r/annotated.mp4"}
+    got = save_paths("/r/annotated.mp4", ["/v/vtest.avi", "/w/bikes.mp4", "/x/vtest.mp4", "/imgs/day 1/"])
+    assert got == {"/v/vtest.avi": "/r/annotated-vtest.mp4", "/w/bikes.mp4": "/r/annotated-bikes.mp4",
+                   "/x/vtest.mp4": "/r/annotated-vtest-2.mp4", "/imgs/day 1/": "/r/annotated-day_1.mp4"}

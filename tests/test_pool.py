@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -144,3 +145,30 @@ def test_a_detect_worker_started_with_only_joins_a_running_pipeline(bikes_video,
                  if line.startswith('owd_process_frames{') and 'stage="detect"' in line]
     assert len(detectors) == 2 and all(n > 0 for n in detectors), final  # the joined worker took frames too
     assert sum(detectors) == 60
+
+
+def test_the_log_stays_in_order_per_source_when_the_sink_restarts(bikes_video, vtest_video, tmp_path):
+    """A killed sink loses the frames queued to it; capture replays them behind their successors (without
+    the sink's order guard frame 7 was logged before 6); the restarted sink holds a source's later frames
+    until they come, so each source's frame records stay in index order, each once. (A killed gate kept the
+    order even without the guard: the new gate gathers its first frames for a second.)"""
+    stage = "sink"
+    from test_supervisor import frames_logged, pid_of, wait_for
+    events, n = tmp_path / "ev.jsonl", 40
+    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--source", str(vtest_video),
+           "--headless", "--events", str(events), "--max-frames", str(n), "--set", "transport.restart_backoff_s=0.2",
+           "--set", "detect.batch_size=1", *NO_DISCOVERY]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        recs = wait_for(proc, events, frames_logged(12), timeout=400)
+        os.kill(pid_of(recs, stage), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    recs = read_log(events)
+    assert [r["stage"] for r in recs if r["type"] == "stage_restarted"] == [stage]
+    for source in (str(bikes_video), str(vtest_video)):
+        frames = [r["frame"] for r in recs if r["type"] == "frame" and r["source"] == source]
+        assert frames == list(range(n)), f"{source}: every frame once, in order"

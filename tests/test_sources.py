@@ -1,12 +1,18 @@
-"""Sources: every frame of a file or folder (corrupt ones skipped and counted); live sources drop stale frames."""
+"""Sources: every frame of a file or folder (corrupt ones skipped and counted); live sources drop stale frames; a
+source that fails in a run of several ends alone."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import cv2
+import jsonschema
 import numpy as np
 import pytest
 
+from stream.events import SCHEMA_PATH
 from stream.sources import ImageFolder, LiveSource, SourceError, VideoFile, open_source
 
 
@@ -100,3 +106,54 @@ def test_a_stream_that_dies_ends_after_the_reconnect_window(http_video):
         assert source.ended
     finally:
         source.close()
+
+
+def write_clip(path, frames: int) -> None:
+    """A small MJPG AVI: a bright box moving over grey (a header that declares `frames`)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    for i in range(frames):
+        image = np.full((120, 160, 3), 40, np.uint8)
+        cv2.rectangle(image, (5 + 3 * i, 30), (35 + 3 * i, 90), (0, 200, 255), -1)
+        writer.write(image)
+    writer.release()
+
+
+def test_a_source_that_fails_does_not_end_the_others(tmp_path):
+    """A good clip, the same clip cut in half (it opens, its header still says 40 frames) and a file that is
+    no video at all: the good one logs (and saves, in its own video) all its frames, the cut one the frames before the cut,
+    each bad one a source_failed record; the run exits 0. A run whose every source fails is one line and exit 2."""
+    from conftest import ROOT
+    from stream.events import read_log
+    good, cut, junk, full = tmp_path / "good.avi", tmp_path / "cut.avi", tmp_path / "junk.mp4", tmp_path / "full.avi"
+    write_clip(good, 40)
+    write_clip(full, 40)
+    cut.write_bytes(full.read_bytes()[:full.stat().st_size // 2])
+    junk.write_text("not a video")
+    readable = sum(1 for _ in VideoFile(cut).frames())
+    assert 0 < readable < 39
+    events = tmp_path / "ev.jsonl"
+    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--headless", "--events", str(events)]
+    result = subprocess.run([*cmd, "--source", str(good), "--source", str(cut), "--source", str(junk),
+                             "--save", str(tmp_path / "out" / "annotated.avi")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recs = read_log(events)
+    for source, n in ((good, 40), (cut, readable)):
+        frames = [r["frame"] for r in recs if r["type"] == "frame" and r["source"] == str(source)]
+        assert frames == list(range(n)), source
+    failed = {r["source"]: r for r in recs if r["type"] == "source_failed"}
+    assert set(failed) == {str(cut), str(junk)}
+    assert failed[str(cut)]["frames"] == readable and f"after {readable} of the 40 frames" in failed[str(cut)]["error"]
+    assert failed[str(junk)]["frames"] == 0 and "cannot open video" in failed[str(junk)]["error"]
+    assert result.stderr.count("failed after") == 2
+    videos = {p.name: cv2.VideoCapture(str(p)) for p in (tmp_path / "out").iterdir()}  # one per source that gave frames
+    assert {name: int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) for name, cap in videos.items()} == \
+        {"annotated-good.avi": 40, "annotated-cut.avi": readable}
+    assert {int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) for cap in videos.values()} == {160}
+    schema = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    assert not [e.message for rec in recs for e in schema.iter_errors(rec)]
+
+    (tmp_path / "junk2.avi").write_text("no video either")
+    alone = subprocess.run([*cmd, "--source", str(junk), "--source", str(tmp_path / "junk2.avi")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 2 and "no source could be opened" in alone.stderr

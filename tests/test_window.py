@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -19,9 +20,10 @@ from stream.overlay import FONT, PALETTE, UNSEEN, Overlay
 from test_overlay import labeled, near
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def xvfb():
-    """A private X server; DISPLAY points at it for the test and its children."""
+    """A private X server; DISPLAY points at it for this module's tests and their children. One per module:
+    OpenCV's Qt stays connected to the first display it opened, and aborts the process once that server is gone."""
     if shutil.which("Xvfb") is None:
         pytest.skip("Xvfb is not installed (Debian package xvfb)")
     read, write = os.pipe()
@@ -159,3 +161,50 @@ def test_saved_video_after_discovery(bikes_video, tmp_path, xvfb):
     rate = (len(ts) - 1) / (ts[-1] - ts[0])
     shown = read_hud_fps(image, last["frame"], overlay)
     assert shown == pytest.approx(rate, rel=0.2), (shown, rate)
+
+
+def test_one_source_draws_as_before_several_get_a_named_hud_each():
+    from stages.sink import Display, Hud
+    msg = labeled(np.zeros((300, 400, 3), np.uint8), [[40, 80, 140, 260]], ["novel-1"], [True])
+    hud = Hud()
+    one = Display(None, None, [msg.source]).draw(msg, hud, 2)
+    want = Overlay((400, 300)).draw(msg, hud.book, ["  ... fps  frame 0", "dropped 0  rejected 2", "classes 0"])
+    assert (one == want).all()  # no source name, the run's own counts: the picture of a one-source run
+    two = Display(None, None, [msg.source, "/elsewhere/b.avi"]).draw(msg, hud, 2)
+    named = Overlay((400, 300)).draw(msg, hud.book, [os.path.basename(msg.source) or msg.source, "  ... fps  frame 0",
+                                                     "dropped 0  rejected 2", "classes 1"])
+    assert (two == named).all()
+
+
+def test_several_sources_show_as_a_mosaic_one_tile_each(xvfb):
+    from stages.sink import Display, Hud
+    a, b = "/videos/a.avi", "/videos/b.avi"
+    frame_a = replace(labeled(np.zeros((300, 400, 3), np.uint8), [[40, 80, 140, 260]], ["novel-1"], [True]), source=a)
+    frame_b = replace(labeled(np.zeros((300, 400, 3), np.uint8), [[40, 80, 140, 260]], ["novel-2"], [True]), source=b)
+    display, hud = Display("owd-test", None, [a, b]), Hud()
+
+    def settle() -> np.ndarray:
+        for _ in range(10):  # a window-manager-less server needs a few rounds to map and paint
+            display.idle()
+            time.sleep(0.05)
+        return grab(xvfb)
+
+    def edges(shot: np.ndarray, color) -> np.ndarray:
+        return np.flatnonzero(near(shot, color).sum(axis=0) >= 100)  # columns of a box's long sides
+
+    try:
+        display.show(frame_a, hud, 0)
+        first = settle()
+        display.show(frame_b, hud, 0)
+        both = settle()
+    finally:
+        display.close()
+    left = edges(first, PALETTE[0])
+    assert len(left) and not len(edges(first, PALETTE[1]))
+    scale = (left.max() - left.min()) / 100  # the window may show the mosaic scaled (its size is the server's)
+    x0 = left.min() - 40 * scale  # the mosaic's left edge on the screen
+    waiting = first[:, int(x0 + 410 * scale):int(x0 + 790 * scale)]  # the second tile before its first frame: a note
+    assert near(waiting, sv.Color.WHITE, 60).sum() > 50
+    right = edges(both, PALETTE[1])
+    assert len(right) and (right.min() - left.min()) / scale == pytest.approx(400, abs=8)  # the same box, a tile on
+    assert edges(both, PALETTE[0]).max() < x0 + 400 * scale  # the first tile kept its frame
