@@ -43,7 +43,7 @@ from stages.config import load  # noqa: E402
 from stages.detect import Proposals, detect  # noqa: E402
 from stages.embed import embed  # noqa: E402
 from stages.gate import label  # noqa: E402
-from stream.messages import Frame  # noqa: E402
+from stream.messages import Frame, FrameEmbeddings  # noqa: E402
 
 
 class Fixed:
@@ -54,6 +54,52 @@ class Fixed:
 
     def detect(self, images):
         return [self.result]
+
+
+class Cache:
+    """Detector results per frame and embeddings per box, kept on disk between runs (`--cache FILE`): the
+    gate side can then be iterated on without the detector and embedder costs. Keyed by frame index."""
+
+    def __init__(self, path: str | None, model, embedder):
+        self.path, self.model, self.embedder = Path(path) if path else None, model, embedder
+        self.det: dict[int, Detections] = {}
+        self.emb: dict[tuple, np.ndarray] = {}
+        self.embedded = 0
+        if self.path and self.path.exists():
+            z = np.load(self.path)
+            for i, n in enumerate(np.cumsum(z["det_n"]) - z["det_n"]):
+                k = slice(n, n + z["det_n"][i])
+                self.det[i] = Detections(z["det_xyxy"][k], z["det_scores"][k], z["det_ids"][k])
+            self.emb = {tuple(k): v for k, v in zip(z["emb_keys"].tolist(), z["emb_x"])}
+
+    def detect(self, i: int, image: np.ndarray) -> Detections:
+        if i not in self.det:
+            self.det[i] = self.model.detect([image])[0]
+        return self.det[i]
+
+    def embed(self, i: int, msg):
+        keys = [(i, *np.round(b, 1).tolist()) for b in msg.xyxy]
+        todo = [j for j, k in enumerate(keys) if k not in self.emb]
+        if todo:
+            x = embed(self.embedder, [msg[np.array(todo, np.int64)]])[0].embeddings
+            self.emb.update(zip((keys[j] for j in todo), x))
+            self.embedded += len(todo)
+        dim = self.embedder.dim
+        x = np.stack([self.emb[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+        return FrameEmbeddings(msg.source, msg.index, msg.ts, msg.image, msg.xyxy, msg.scores, msg.det_labels,
+                               x.astype(np.float32), origins=msg.origins)
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        order = sorted(self.det)
+        ds = [self.det[i] for i in order]
+        keys = list(self.emb)
+        np.savez(self.path, det_n=np.array([len(d) for d in ds], np.int64),
+                 det_xyxy=np.concatenate([d.xyxy for d in ds]).reshape(-1, 4),
+                 det_scores=np.concatenate([d.scores for d in ds]), det_ids=np.concatenate([d.class_ids for d in ds]),
+                 emb_keys=np.array(keys, np.float64).reshape(-1, 5),
+                 emb_x=np.stack([self.emb[k] for k in keys]) if keys else np.zeros((0, 1), np.float32))
 
 
 class Run:
@@ -70,7 +116,8 @@ class Run:
 
     def step(self, msg, phase: str, gt: list[dict]) -> None:
         labeled, unseen = label(self.gate, msg, self.trackers[msg.source], self.votes, 32,
-                                self.ages[msg.source], self.s.gate.persist)
+                                self.ages[msg.source], self.s.gate.persist,
+                                self.s.gate.steady)
         if len(unseen):
             self.buffer.add(unseen.embeddings, unseen.track)
         self.rows.append((phase, np.array([o["bbox"] for o in gt], np.float32).reshape(-1, 4),
@@ -135,6 +182,7 @@ def main() -> int:
     p.add_argument("--still", type=int, default=40)
     p.add_argument("--period", type=int, default=10, help="frames between discovery rounds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", help="npz of detector results and box embeddings, read and written (iteration)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = p.parse_args()
     overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
@@ -147,12 +195,13 @@ def main() -> int:
     known = detect(model, [Frame("bg", 0, 0.0, background())], d.score_threshold, d.min_box, d.nms_iou)[0].xyxy
     proposals = Proposals(d.proposal_score, d.proposal_iou, d.max_proposals, d.motion, d.motion_history, d.min_box)
     today, new = Run(settings), Run(settings)
+    cache = Cache(args.cache, model, embedder)
     t0, n = time.monotonic(), 0
     origins = Counter()
     for i, (phase, source, image, gt) in enumerate(frames(args.moving, args.stopped, args.still, args.seed, empty=args.empty)):
         frame = Frame(source, i, 0.0, image)
-        fixed = Fixed(model, model.detect([image])[0])
-        msg = embed(embedder, detect(fixed, [frame], d.score_threshold, d.min_box, d.nms_iou, proposals))[0]
+        fixed = Fixed(model, cache.detect(i, image))
+        msg = cache.embed(i, detect(fixed, [frame], d.score_threshold, d.min_box, d.nms_iou, proposals)[0])
         origins.update(msg.origins)
         today.step(msg[np.array([o == "detector" for o in msg.origins], bool)], phase, gt)
         new.step(msg, phase, gt)
@@ -160,7 +209,8 @@ def main() -> int:
             today.cluster()
             new.cluster()
         n += 1
-    print(f"{n} frames in {time.monotonic() - t0:.0f} s; boxes before the gate by origin: {dict(origins)}; "
+    cache.save()
+    print(f"{n} frames in {time.monotonic() - t0:.0f} s ({cache.embedded} boxes embedded); boxes before the gate by origin: {dict(origins)}; "
           f"COCO objects in the empty scene: {len(known)}")
     print("phase    pipeline    recall  false/frame  labelled  classes/real  purity   NMI  known-class recall")
     for phase in ("empty", "moving", "stopped", "still"):
