@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-DETECTOR = "detector"
+DETECTOR, PROPOSAL, MOTION = "detector", "proposal", "motion"
 STEADY_IOU = 0.6    # a track's box is steady in a frame when it overlaps its previous box at least this much
 STEADY_AREA = 0.75  # ... and its area is within this ratio of the previous box's
 FRAGMENT = 0.7      # a proposal or motion box this much inside a larger kept box is a part of it
@@ -57,19 +57,24 @@ def _steady(a: np.ndarray, b: np.ndarray) -> bool:
 
 def explained(origins: tuple[str, ...], seen: np.ndarray, ages: np.ndarray, persist: int,
               steady: np.ndarray | None = None, min_steady: int = 0) -> np.ndarray:
-    """(N,) bool: the boxes the gate keeps. Detector boxes always; proposals and motion boxes when seen as
-    a class, or unseen on a track at least `persist` frames old whose box has been steady for
-    `min_steady` frames in a row."""
-    detector = np.array([o == DETECTOR for o in origins], bool).reshape(len(seen))
-    old = np.asarray(ages) >= persist
+    """(N,) bool: the boxes the gate keeps. Detector boxes always. A track is settled when it is at least
+    `persist` frames old and its box has been steady for `min_steady` frames in a row. Motion boxes only
+    on a settled track, seen as a class or not (a foreground blob flickers whatever it looks like);
+    low-score proposals when seen as a class (SKZC's updated box predictor: they rarely have a track,
+    ByteTrack starts none from a low score) or on a settled track."""
+    n = len(seen)
+    detector = np.array([o == DETECTOR for o in origins], bool).reshape(n)
+    motion = np.array([o == MOTION for o in origins], bool).reshape(n)
+    settled = np.asarray(ages) >= persist
     if steady is not None:
-        old &= np.asarray(steady) >= min_steady
-    return detector | np.asarray(seen, bool) | old
+        settled &= np.asarray(steady) >= min_steady
+    return detector | settled | (np.asarray(seen, bool) & ~motion)
 
 
 def fragments(xyxy: np.ndarray, origins: tuple[str, ...], keep: np.ndarray) -> np.ndarray:
-    """(N,) bool: proposal and motion boxes lying mostly (FRAGMENT) inside a larger kept box of the frame:
-    a part of an object (a leg, the ghost half of a motion region) is not an object of its own."""
+    """(N,) bool: proposal and motion boxes lying mostly (FRAGMENT) inside a larger kept detector or motion
+    box of the frame: a part of an object (a leg, the ghost half of a motion region) is not an object of
+    its own. A low-score proposal is a guess and never makes another box a fragment."""
     xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
     n = len(xyxy)
     if n < 2:
@@ -77,7 +82,8 @@ def fragments(xyxy: np.ndarray, origins: tuple[str, ...], keep: np.ndarray) -> n
     area = np.prod(np.clip(xyxy[:, 2:] - xyxy[:, :2], 0, None), axis=1)
     lt, rb = np.maximum(xyxy[:, None, :2], xyxy[None, :, :2]), np.minimum(xyxy[:, None, 2:], xyxy[None, :, 2:])
     inside = np.prod(np.clip(rb - lt, 0, None), axis=2) / np.maximum(area[:, None], 1e-9)  # [i, j]: share of i in j
-    outer = np.asarray(keep, bool)[None, :] & (area[None, :] > area[:, None])
+    guess = np.array([o == PROPOSAL for o in origins], bool)
+    outer = (np.asarray(keep, bool) & ~guess)[None, :] & (area[None, :] > area[:, None])
     np.fill_diagonal(outer, False)
     detector = np.array([o == DETECTOR for o in origins], bool)
     return ~detector & ((inside >= FRAGMENT) & outer).any(axis=1)
