@@ -13,8 +13,11 @@ detector call per frame serves both. Printed per phase and pipeline:
 - labelled: share of covered objects whose box carries a discovered class (not "unseen");
 - classes made vs real, purity (per class, the share of its object boxes of its majority class; box-
   weighted) and NMI between true and given class over labelled object boxes;
-- known-class recall: objects of classes discovered as some class's majority, covered by a box labelled
-  with that class (the still phase's figure: only the updated box predictor can give it).
+- known-class recall: objects of classes discovered as some class's majority *within the phase*, covered
+  by a box labelled with that class;
+- still phase, recall of classes found before (the issue's figure): objects whose class is the majority
+  of some label in the moving and stopped phases, covered by a box carrying such a label (only the
+  updated box predictor can give it).
 """
 from __future__ import annotations
 
@@ -142,7 +145,19 @@ def nmi(a: list, b: list) -> float:
     return float(mi / max(np.sqrt(ha * hb), 1e-12)) if ha > 0 and hb > 0 else float(ha == hb == 0)
 
 
-def score(run: Run, phase: str, known: np.ndarray) -> dict:
+def discovered(run: Run, phases: tuple[str, ...]) -> dict:
+    """Each label given to covered objects in `phases` -> its majority true class (what it was discovered as)."""
+    by_label = defaultdict(Counter)
+    for ph, g, classes, xyxy, labels, origins in run.rows:
+        if ph in phases and len(g) and len(xyxy):
+            iou = box_iou(g, xyxy)
+            for i in np.flatnonzero(iou.max(axis=1) >= 0.5):
+                if labels[iou[i].argmax()] != UNSEEN:
+                    by_label[labels[iou[i].argmax()]][classes[i]] += 1
+    return {p: c.most_common(1)[0][0] for p, c in by_label.items()}
+
+
+def score(run: Run, phase: str, known: np.ndarray, before: dict | None = None) -> dict:
     covered = total = false = 0
     pairs = []  # (true class, given label) of covered objects
     frames_n = 0
@@ -167,7 +182,12 @@ def score(run: Run, phase: str, known: np.ndarray) -> dict:
     found = set(majority.values())
     known_objects = sum(1 for ph, g, classes, *_ in run.rows if ph == phase for c in classes if c in found)
     known_hits = sum(1 for t, p in named if majority.get(p) == t and t in found)
-    return {"recall": covered / max(total, 1), "false": false / max(frames_n, 1),
+    # the issue's still-phase figure: objects of classes discovered *before* this phase, found with their class
+    before = before or {}
+    prior = set(before.values())
+    prior_objects = sum(1 for ph, g, classes, *_ in run.rows if ph == phase for c in classes if c in prior)
+    prior_hits = sum(1 for t, p in named if before.get(p) == t)
+    return {"recall": covered / max(total, 1), "prior_recall": prior_hits / max(prior_objects, 1), "false": false / max(frames_n, 1),
             "labelled": len(named) / max(len(pairs), 1), "classes": len(by_label), "purity": purity,
             "nmi": nmi([t for t, _ in named], [p for _, p in named]),
             "known_recall": known_hits / max(known_objects, 1), "found": sorted(found)}
@@ -212,13 +232,14 @@ def main() -> int:
     cache.save()
     print(f"{n} frames in {time.monotonic() - t0:.0f} s ({cache.embedded} boxes embedded); boxes before the gate by origin: {dict(origins)}; "
           f"COCO objects in the empty scene: {len(known)}")
-    print("phase    pipeline    recall  false/frame  labelled  classes/real  purity   NMI  known-class recall")
+    print("phase    pipeline    recall  false/frame  labelled  classes/real  purity   NMI  known-class recall  "
+          "recall of classes found before")
     for phase in ("empty", "moving", "stopped", "still"):
         for name, run in (("today", today), ("open-world", new)):
-            r = score(run, phase, known)
+            r = score(run, phase, known, discovered(run, ("moving", "stopped")) if phase == "still" else None)
             print(f"{phase:8s} {name:10s}  {r['recall']:6.2f}  {r['false']:11.2f}  {r['labelled']:8.2f}  "
                   f"{r['classes']:7d}/6  {r['purity']:6.2f}  {r['nmi']:4.2f}  {r['known_recall']:6.2f} "
-                  f"({', '.join(r['found'])})", flush=True)
+                  f"({', '.join(r['found'])})" + (f"  {r['prior_recall']:.2f}" if phase == "still" else ""), flush=True)
     print(f"classes at the end: today {len(today.gate)}, open-world {len(new.gate)}")
     return 0
 
