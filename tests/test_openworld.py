@@ -197,3 +197,16 @@ def test_origin_validates_in_the_schema():
             jsonschema.validate({**det_rec, "origin": bad}, SCHEMA)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({k: v for k, v in det_rec.items() if k != "origin"}, SCHEMA)
+
+
+def test_the_gate_clusters_a_steady_motion_track_but_not_its_jumping_fragment():
+    gate, tracker, votes, ages = Gate.empty(8), BoxTracker(), LabelVotes(), TrackAges()
+    clustered, kept = [], []
+    for i in range(10):
+        whole, part = [20 + 2 * i, 20, 100 + 2 * i, 100], [30 + 2 * i, 30 + 20 * (i % 2), 60 + 2 * i, 70 + 20 * (i % 2)]
+        labeled, unseen = label(gate, embedded(i, [whole, part], [np.eye(8)[5], np.eye(8)[6]], ["motion", "motion"]),
+                                tracker, votes, 32, ages, 5, 3)
+        kept.append(len(labeled))
+        clustered += [int(np.argmax(e)) for e in unseen.embeddings]
+    assert kept[-1] == 1 and max(kept) == 1  # the part inside the whole is never a box of its own
+    assert clustered and set(clustered) == {5}
