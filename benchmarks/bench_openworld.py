@@ -2,6 +2,7 @@
 """Open-world detection on ground truth: objects the COCO detector does not know, composited over vtest.avi.
 
     python benchmarks/bench_openworld.py [--empty 30 --moving 80 --stopped 30 --still 40] [--set detect.KEY=V ...]
+           [--cache out/openworld.npz]   # detector results and box embeddings kept: gate-side reruns in seconds
 
 The video comes from tools/openworld_video.py (exact boxes and classes). Every frame goes through the
 stages' own functions in one process, twice: "today" (confident detector boxes only) and "open-world"
@@ -187,7 +188,8 @@ def score(run: Run, phase: str, known: np.ndarray, before: dict | None = None) -
     prior = set(before.values())
     prior_objects = sum(1 for ph, g, classes, *_ in run.rows if ph == phase for c in classes if c in prior)
     prior_hits = sum(1 for t, p in named if before.get(p) == t)
-    return {"recall": covered / max(total, 1), "prior_recall": prior_hits / max(prior_objects, 1), "false": false / max(frames_n, 1),
+    return {"recall": covered / max(total, 1), "prior_recall": prior_hits / max(prior_objects, 1),
+            "false": false / max(frames_n, 1),
             "labelled": len(named) / max(len(pairs), 1), "classes": len(by_label), "purity": purity,
             "nmi": nmi([t for t, _ in named], [p for _, p in named]),
             "known_recall": known_hits / max(known_objects, 1), "found": sorted(found)}
@@ -218,7 +220,8 @@ def main() -> int:
     cache = Cache(args.cache, model, embedder)
     t0, n = time.monotonic(), 0
     origins = Counter()
-    for i, (phase, source, image, gt) in enumerate(frames(args.moving, args.stopped, args.still, args.seed, empty=args.empty)):
+    video = frames(args.moving, args.stopped, args.still, args.seed, empty=args.empty)
+    for i, (phase, source, image, gt) in enumerate(video):
         frame = Frame(source, i, 0.0, image)
         fixed = Fixed(model, cache.detect(i, image))
         msg = cache.embed(i, detect(fixed, [frame], d.score_threshold, d.min_box, d.nms_iou, proposals)[0])
@@ -230,7 +233,8 @@ def main() -> int:
             new.cluster()
         n += 1
     cache.save()
-    print(f"{n} frames in {time.monotonic() - t0:.0f} s ({cache.embedded} boxes embedded); boxes before the gate by origin: {dict(origins)}; "
+    print(f"{n} frames in {time.monotonic() - t0:.0f} s ({cache.embedded} boxes embedded); "
+          f"boxes before the gate by origin: {dict(origins)}; "
           f"COCO objects in the empty scene: {len(known)}")
     print("phase    pipeline    recall  false/frame  labelled  classes/real  purity   NMI  known-class recall  "
           "recall of classes found before")
