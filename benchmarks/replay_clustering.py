@@ -62,7 +62,7 @@ def compute(settings, source: str, cache: Path, max_frames: int = 0) -> None:
 
 
 def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5,
-           pool: float = 0.0) -> tuple[int, dict[str, float], tuple[float, float], str]:
+           pool: float = 0.0, steady: int = 0) -> tuple[int, dict[str, float], tuple[float, float], str]:
     n, offsets = data["n"], np.concatenate([[0], np.cumsum(data["n"])])
     image = np.zeros(tuple(data["shape"]), np.uint8)
     gate, tracker, votes, ages = Gate.empty(), BoxTracker(), LabelVotes(), TrackAges()
@@ -75,7 +75,7 @@ def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5
         a, b = offsets[f], offsets[f + 1]
         msg = FrameEmbeddings(Frame("replay", f, 0.0, image), data["xyxy"][a:b], data["scores"][a:b],
                               tuple(data["labels"][a:b]), data["emb"][a:b], origins=tuple(origins[a:b]))
-        labeled, unseen = label(gate, msg, tracker, votes, 8, ages, persist)
+        labeled, unseen = label(gate, msg, tracker, votes, 8, ages, persist, steady)
         if len(unseen):
             buffer.add(unseen.embeddings, unseen.track)
         if f % period == period - 1:
@@ -102,6 +102,8 @@ def main() -> None:
     p.add_argument("--cache", default=str(ROOT / "out" / "replay.npz"))
     p.add_argument("--max-frames", type=int, default=0, help="only the first N frames (0: all)")
     p.add_argument("--period", type=int, default=25, help="frames between clustering runs")
+    p.add_argument("--detector-only", action="store_true",
+                   help="replay only the cache's detector boxes (a proposals cache replayed as today's pipeline)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", help="ClusterSettings values to sweep")
     args = p.parse_args()
     settings = load(args.config)
@@ -109,13 +111,18 @@ def main() -> None:
     if not cache.exists():
         compute(settings, args.source, cache, args.max_frames)
     data = dict(np.load(cache))
+    if args.detector_only and "origins" in data:
+        keep, n = data["origins"] == "detector", data["n"]
+        frame = np.repeat(np.arange(len(n)), n)
+        data = {**{k: data[k][keep] for k in ("xyxy", "scores", "labels", "emb", "origins")},
+                "n": np.bincount(frame[keep], minlength=len(n)), "shape": data["shape"]}
     grid = {k: [type(getattr(settings.cluster, k))(v) for v in vals.split(",")]
             for k, _, vals in (item.partition("=") for item in args.set)}
     print(f"{args.source}: {len(data['n'])} frames, {int(data['n'].sum())} boxes; base {settings.cluster}")
     for values in itertools.product(*grid.values()) if grid else [()]:
         s = dataclasses.replace(settings.cluster, **dict(zip(grid, values)))
         classes, coverage, purity, majority = replay(data, s, settings.gate.alpha, args.period, settings.gate.persist,
-                                                     settings.gate.radius_pool)
+                                                     settings.gate.radius_pool, settings.gate.steady)
         cov = "  ".join(f"{c} {v:.2f}" for c, v in coverage.items())
         print(f"{dict(zip(grid, values))}  classes {classes:3d}  labelled: {cov}  purity {purity[0]:.2f} "
               f"(car/truck as one: {purity[1]:.2f})\n    boxes of each class (2nd half): {majority}", flush=True)

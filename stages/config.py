@@ -104,6 +104,8 @@ class GateSettings:
     #                                                               clustering (aspect kept, smaller ones as they are)
     persist: int = field(default=5, metadata=at_least(1))  # frames a track needs before an unseen proposal or
     #                                                        motion box on it is kept (shorter: a flicker, dropped)
+    steady: int = field(default=3, metadata=at_least(0))  # frames in a row a proposal or motion track's box must
+    #                                                       keep place and size before it is kept unseen or clustered
     reorder_frames: int = field(default=64, metadata=between(1, 4096))  # file mode: frames held per source to put
     #                                                               them back in order (workers finish out of order);
     #                                                               past this a missing frame is skipped, counted

@@ -8,7 +8,7 @@ import numpy as np
 import zmq
 
 from models.boxes import crop, example, pack
-from models.openworld import TrackAges, explained
+from models.openworld import TrackAges, explained, feeds, fragments
 from models.sddc import UNSEEN, Gate, load_memory, normalize
 from models.tracks import BoxTracker, LabelVotes
 from stages.config import ConfigError
@@ -19,14 +19,16 @@ from stream.sockets import Inbox, send
 
 
 def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, votes: LabelVotes | None = None,
-          thumb: int = 128, ages: TrackAges | None = None, persist: int = 5) -> tuple[LabeledFrame, UnseenBatch]:
+          thumb: int = 128, ages: TrackAges | None = None, persist: int = 5,
+          steady: int = 0) -> tuple[LabeledFrame, UnseenBatch]:
     """Labels every box of one frame; returns the labeled frame and what goes to clustering.
 
     With a tracker, boxes get track ids and `votes` smooths each track's label; only boxes of
     confirmed tracks whose voted label is unseen go to clustering, so a class can be required to
     span several tracks. Without one, every unseen box goes. Proposal and motion boxes are kept only
-    when explained (models/openworld.py: seen as a class, or unseen on a track `persist` frames old);
-    the labeled frame holds only kept boxes."""
+    when explained (models/openworld.py: seen as a class, or unseen on a track `persist` frames old
+    whose box was steady `steady` frames in a row; never a fragment of a larger kept box), and feed
+    clustering only from steady tracks; the labeled frame holds only kept boxes."""
     n = len(msg)
     x = normalize(msg.embeddings) if n else np.zeros((0, msg.embeddings.shape[1]), np.float32)
     index, distance = gate.classify(x)
@@ -38,11 +40,16 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     if votes is not None:
         labels = votes.vote(track, labels)
     seen = np.array([lab != UNSEEN for lab in labels], bool)
-    age = ages.update(track) if ages is not None else np.where(track >= 0, persist, 0)
-    keep = explained(msg.origins, seen, age, persist) if not detector.all() else np.ones(n, bool)
+    age, still = ages.observe(track, msg.xyxy) if ages is not None else (np.where(track >= 0, persist, 0),) * 2
+    keep = np.ones(n, bool)
+    if not detector.all():
+        keep = explained(msg.origins, seen, age, persist, still, steady)
+        keep &= ~fragments(msg.xyxy, msg.origins, keep)
     labeled = LabeledFrame(msg.frame, msg.xyxy, msg.scores, msg.det_labels,
                            tuple(labels), seen, distance, track, origins=msg.origins)[keep]
     out = keep & ~seen & (track >= 0) if tracker is not None else keep & ~seen
+    if not detector.all():
+        out &= feeds(msg.origins, still, steady)
     thumbs, hw = pack([example(c, thumb) for c in crop(msg.image, msg.xyxy[out])], thumb)
     return labeled, UnseenBatch(msg.source, msg.index, x[out], track[out], thumbs, hw)
 
@@ -135,7 +142,8 @@ def run(stage: StageProcess) -> int:
         for msg, in_order in ready:
             tracker = sources.trackers.get(msg.source) if in_order else None  # a late frame: untracked
             labeled, unseen = label(gate, msg, tracker, sources.votes.get(msg.source) if in_order else None, s.thumb,
-                                    sources.ages.setdefault(msg.source, TrackAges()) if in_order else None, s.persist)
+                                    sources.ages.setdefault(msg.source, TrackAges()) if in_order else None, s.persist,
+                                    s.steady)
             dropped += len(msg) - len(labeled)
             send(to_sink, labeled)
             if len(unseen):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.detections import Detections
-from models.openworld import TrackAges, explained
+from models.openworld import TrackAges, explained, feeds, fragments
 from models.proposals import MotionProposer, ViewMotion, box_iou, merge
 from models.sddc import Gate, normalize
 from models.tracks import BoxTracker, LabelVotes
@@ -149,10 +149,37 @@ def test_a_flicker_never_reaches_clustering_but_a_persisting_track_does():
     assert clustered and all(np.argmax(e) == 5 for e in clustered)
 
 
-def test_explained_keeps_detector_boxes_always():
-    keep = explained(("detector", "proposal", "motion", "motion"), np.array([False, False, True, False]),
-                     np.array([0, 9, 0, 4]), 5)
-    assert keep.tolist() == [True, True, True, False]
+def test_explained_keeps_detector_boxes_always_and_motion_only_on_a_settled_track():
+    origins = ("detector", "proposal", "proposal", "motion", "motion", "motion")
+    seen = np.array([False, False, True, True, False, False])
+    ages, steady = np.array([0, 9, 0, 0, 9, 9]), np.array([0, 3, 0, 0, 3, 1])
+    keep = explained(origins, seen, ages, 5, steady, 3)
+    # a seen motion box on no track is a flicker; the last motion box is old but its box jumps about
+    assert keep.tolist() == [True, True, True, False, True, False]
+
+
+def test_track_ages_count_steady_frames_and_restart_on_a_jump():
+    ages = TrackAges()
+    runs = [ages.observe(np.array([7]), np.array([box], np.float32))[1][0]
+            for box in ([0, 0, 40, 40], [2, 0, 42, 40], [4, 1, 44, 41], [4, 1, 24, 41], [5, 1, 25, 41])]
+    assert runs == [1, 2, 3, 1, 2]  # halved in width: a fragment, not the same view
+    age, steady = ages.observe(np.array([-1, 7]), np.zeros((2, 4), np.float32))
+    assert age.tolist() == [0, 6] and steady.tolist() == [0, 1]
+
+
+def test_fragments_inside_a_larger_kept_box_go_but_a_proposal_never_makes_one():
+    xyxy = np.array([[0, 0, 100, 100], [10, 10, 40, 60], [200, 0, 300, 100], [210, 10, 240, 60],
+                     [400, 0, 440, 40], [390, 0, 500, 100]], np.float32)
+    origins = ("motion", "motion", "proposal", "motion", "proposal", "detector")
+    keep = np.ones(6, bool)
+    assert fragments(xyxy, origins, keep).tolist() == [False, True, False, False, True, False]
+    keep[0] = False  # a container the gate dropped makes no fragment
+    assert not fragments(xyxy, origins, keep)[1]
+
+
+def test_only_steady_proposal_views_feed_clustering():
+    assert feeds(("detector", "motion", "motion", "proposal"), np.array([0, 2, 3, 5]), 3).tolist() == \
+        [True, False, True, True]
 
 
 def test_origin_validates_in_the_schema():
@@ -170,3 +197,16 @@ def test_origin_validates_in_the_schema():
             jsonschema.validate({**det_rec, "origin": bad}, SCHEMA)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({k: v for k, v in det_rec.items() if k != "origin"}, SCHEMA)
+
+
+def test_the_gate_clusters_a_steady_motion_track_but_not_its_jumping_fragment():
+    gate, tracker, votes, ages = Gate.empty(8), BoxTracker(), LabelVotes(), TrackAges()
+    clustered, kept = [], []
+    for i in range(10):
+        whole, part = [20 + 2 * i, 20, 100 + 2 * i, 100], [30 + 2 * i, 30 + 20 * (i % 2), 60 + 2 * i, 70 + 20 * (i % 2)]
+        labeled, unseen = label(gate, embedded(i, [whole, part], [np.eye(8)[5], np.eye(8)[6]], ["motion", "motion"]),
+                                tracker, votes, 32, ages, 5, 3)
+        kept.append(len(labeled))
+        clustered += [int(np.argmax(e)) for e in unseen.embeddings]
+    assert kept[-1] == 1 and max(kept) == 1  # the part inside the whole is never a box of its own
+    assert clustered and set(clustered) == {5}
