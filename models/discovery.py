@@ -24,7 +24,7 @@ class DiscoveryRules:
     k: int = 15                # neighbours per row in the kNN graph
     resolution: float = 0.4    # Leiden modularity resolution; at <= 0.5 one Gaussian blob is never split (1.0 shatters it)
     min_size: int = 6          # rows a new class needs
-    min_tracks: int = 3        # ... from at least this many tracks (untracked rows count one each)
+    min_tracks: int = 2        # ... from at least this many tracks (untracked rows count one each)
     min_objects: int = 2       # ... showing at least this many distinct objects (see `objects`)
     per_track: int = 3         # views kept per track in the buffer, and rows per object in the graph
     anchors: int = 32          # newest stored members per known class clustered with the buffer

@@ -123,7 +123,7 @@ class ClusterSettings:
     resolution: float = field(default=0.4, metadata=above(0))     # Leiden modularity resolution: <= 0.5 never
     #                                                               splits one Gaussian blob, 1.0 shatters it
     min_size: int = field(default=6, metadata=at_least(2))        # rows a new class needs
-    min_tracks: int = field(default=3, metadata=at_least(1))      # ... from this many tracks (untracked rows count one each)
+    min_tracks: int = field(default=2, metadata=at_least(1))      # ... from this many tracks (untracked rows count one each)
     min_objects: int = field(default=2, metadata=at_least(1))     # ... showing this many distinct objects
     #                                                               (re-tracked look-alikes count once)
     per_track: int = field(default=3, metadata=at_least(0))       # views kept per track, and rows per object in the graph

@@ -83,9 +83,10 @@ def test_near_duplicate_frames_of_one_track_never_make_a_class():
 
 def test_a_new_class_needs_several_tracks():
     x, _ = blobs(30, 1, seed=9)
+    rules = dataclasses.replace(RULES, min_tracks=3)  # 2 tracks x 3 views would meet min_size: one track short
     for tracks, made in ((np.repeat(np.arange(2), 15), 0), (np.arange(30), 1)):
         gate = Gate.empty(DIM)
-        discover(gate, buffer_of(x, tracks), RULES, 0.75)
+        discover(gate, buffer_of(x, tracks), rules, 0.75)
         assert len(gate) == made
 
 
