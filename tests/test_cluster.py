@@ -82,12 +82,13 @@ def test_near_duplicate_frames_of_one_track_never_make_a_class():
 
 
 def test_a_new_class_needs_several_tracks():
-    x, _ = blobs(30, 1, seed=9)
-    rules = dataclasses.replace(RULES, min_tracks=3)  # 2 tracks x 3 views would meet min_size: one track short
-    for tracks, made in ((np.repeat(np.arange(2), 15), 0), (np.arange(30), 1)):
+    # two distinct objects, each on its own track (3 views kept each: min_size 6, min_objects 2 met)
+    x, _ = blobs(2, 1, seed=9)
+    views, tracks = jitter(x, 15, seed=9), np.repeat(np.arange(2), 15)
+    for min_tracks, made in ((3, 0), (2, 1)):
         gate = Gate.empty(DIM)
-        discover(gate, buffer_of(x, tracks), rules, 0.75)
-        assert len(gate) == made
+        discover(gate, buffer_of(views, tracks), dataclasses.replace(RULES, min_tracks=min_tracks), 0.75)
+        assert len(gate) == made, min_tracks
 
 
 def test_a_class_found_in_round_one_is_grown_not_duplicated_in_round_two():
