@@ -179,8 +179,9 @@ def test_one_source_draws_as_before_several_get_a_named_hud_each():
 def test_several_sources_show_as_a_mosaic_one_tile_each(xvfb):
     from stages.sink import Display, Hud
     a, b = "/videos/a.avi", "/videos/b.avi"
-    frame_a = replace(labeled(np.zeros((300, 400, 3), np.uint8), [[40, 80, 140, 260]], ["novel-1"], [True]), source=a)
-    frame_b = replace(labeled(np.zeros((300, 400, 3), np.uint8), [[40, 80, 140, 260]], ["novel-2"], [True]), source=b)
+    frame_a, frame_b = (labeled(np.zeros((300, 400, 3), np.uint8), [[40, 80, 140, 260]], [name], [True])
+                        for name in ("novel-1", "novel-2"))
+    frame_a, frame_b = (replace(f, frame=replace(f.frame, source=s)) for f, s in ((frame_a, a), (frame_b, b)))
     display, hud = Display("owd-test", None, [a, b]), Hud()
 
     def settle() -> np.ndarray:
