@@ -57,7 +57,8 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
 def apply_update(update: ClassUpdate, set_size: int, pool: float) -> Gate:
     """The gate's classes become exactly the update's (the cluster stage owns the class memory)."""
     return Gate(list(update.names), update.centroids.astype(np.float32), update.radii.astype(np.float32),
-                update.sizes.astype(np.int64), update.set_ids.astype(np.int64), set_size, pool=pool)
+                update.sizes.astype(np.int64), update.set_ids.astype(np.int64), set_size, pool=pool,
+                center=update.center.astype(np.float32) if len(update.center) else None)
 
 
 class Relay:
