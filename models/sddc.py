@@ -252,6 +252,15 @@ class Gate:
         return [self.names[i] if i >= 0 else UNSEEN for i in index]
 
 
+def gate_of_snapshot(snapshot, set_size: int, pool: float = RADIUS_POOL) -> Gate:
+    """A gate holding exactly a class snapshot's classes (anything with the columns of stream.messages.ClassUpdate:
+    names, centroids, radii, sizes, set_ids, center — a (0,) center means not centred); no members."""
+    center = np.asarray(snapshot.center, np.float32)
+    return Gate(list(snapshot.names), snapshot.centroids.astype(np.float32), snapshot.radii.astype(np.float32),
+                snapshot.sizes.astype(np.int64), snapshot.set_ids.astype(np.int64), set_size, pool=pool,
+                center=center if len(center) else None)
+
+
 def _squared_distances(e: np.ndarray, c: np.ndarray, cc: np.ndarray, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """e (N, D), c (K, D) float32, cc (K,) their squared norms -> ||e - c||^2 (K + 1, N) from a matrix
     product, the last row inf (padding), and (N,) a bound on its float32 rounding error with a wide
