@@ -148,6 +148,14 @@ def communities(x: np.ndarray, k: int, resolution: float, seed: int = 0, restart
     return partition(knn(x, min(k, len(x) - 1), seed)[0], resolution, seed, restarts)
 
 
+def graph_k(k: int, n: int) -> int:
+    """Neighbours per row in a graph of n rows: `k`, but never more than sqrt(n) (rounded up). A class
+    of a few objects contributes a few rows; in a small graph k = 15 exceeds that, so every row of it
+    links mostly to other things and Leiden lumps small classes together (the open-world benchmark: 9
+    rows a class, 60-130 rows a round). From 197 rows up this is `k` itself (docs/open-world.md)."""
+    return max(min(k, int(np.ceil(np.sqrt(n))), n - 1), 0)
+
+
 def partition(nbrs: np.ndarray, resolution: float, seed: int = 0, restarts: int = 3) -> np.ndarray:
     """nbrs: (N, k) neighbour indices (-1 = none) -> community id per row (N,) int64: the best of
     `restarts` seeded Leiden runs (igraph's, modularity at `resolution`) on the symmetrized graph.
@@ -248,7 +256,7 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     # one kNN search serves both steps: the buffer rows and the known classes' members together
     anchors, owners = class_anchors(gate, rules.anchors, x)
     nodes = np.vstack([x, anchors])
-    nbrs, sims = knn(nodes, min(rules.k, len(nodes) - 1), rules.seed)
+    nbrs, sims = knn(nodes, graph_k(rules.k, len(nodes)), rules.seed)
     own = nbrs[:len(x)] < len(x)  # among buffer rows only
     obj = objects(x, tracks, np.where(own, nbrs[:len(x)], -1), np.where(own, sims[:len(x)], -np.inf))
     reps = _representatives(obj, rules.per_track)
