@@ -175,7 +175,7 @@ def partition(nbrs: np.ndarray, resolution: float, seed: int = 0, restarts: int 
         part = graph.community_leiden(objective_function="modularity", resolution=resolution,
                                       n_iterations=-1 if n <= RESTART_ROWS else 2)
         q = graph.modularity(part.membership, resolution=resolution)  # the objective Leiden maximized
-        if q > best_q:
+        if best is None or q > best_q:  # q is nan on a graph without edges
             best, best_q = part, q
     igraph.set_random_number_generator(random)
     return np.asarray(best.membership, np.int64)
@@ -256,14 +256,16 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     # one kNN search serves both steps: the buffer rows and the known classes' members together
     anchors, owners = class_anchors(gate, rules.anchors, x)
     nodes = np.vstack([x, anchors])
-    nbrs, sims = knn(nodes, graph_k(rules.k, len(nodes)), rules.seed)
+    nbrs, sims = knn(nodes, min(rules.k, len(nodes) - 1), rules.seed)
     own = nbrs[:len(x)] < len(x)  # among buffer rows only
     obj = objects(x, tracks, np.where(own, nbrs[:len(x)], -1), np.where(own, sims[:len(x)], -np.inf))
     reps = _representatives(obj, rules.per_track)
     kept = np.concatenate([reps, len(x) + np.arange(len(anchors))])
     index = np.full(len(nodes) + 1, -1, np.int64)  # node -> its place among the kept nodes; -1 maps to -1
     index[kept] = np.arange(len(kept))
-    comm_nodes = partition(index[nbrs[kept]], rules.resolution, rules.seed, rules.restarts)
+    # the graph links each row to its graph_k nearest (most similar first); `objects` above used all k
+    comm_nodes = partition(index[nbrs[kept, :graph_k(rules.k, len(kept))]], rules.resolution, rules.seed,
+                           rules.restarts)
     comm = _majority(obj, obj[reps], comm_nodes[:len(reps)])
     anchor_comm = comm_nodes[len(reps):]
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
