@@ -21,7 +21,7 @@ RESTART_ROWS = 20_000  # graphs larger than this get one Leiden run of two itera
 class DiscoveryRules:
     """Every knob is a rank, a count, a share or a resolution — none is a distance or a similarity, so
     one default serves every embedder and domain."""
-    k: int = 15                # neighbours per row in the kNN graph
+    k: int = 15                # neighbours per row in the kNN graph (at most sqrt(rows in it): `graph_k`)
     resolution: float = 0.4    # Leiden modularity resolution; at <= 0.5 one Gaussian blob is never split (1.0 shatters it)
     min_size: int = 6          # rows a new class needs
     min_tracks: int = 2        # ... from at least this many tracks (untracked rows count one each)
