@@ -19,6 +19,8 @@ detector call per frame serves both. Printed per phase and pipeline:
 - still phase, recall of classes found before (the issue's figure): objects whose class is the majority
   of some label in the moving and stopped phases, covered by a box carrying such a label (only the
   updated box predictor can give it).
+Last, an embedding check: nearest-neighbour agreement of the object boxes' true classes across objects
+(high: the embedding separates the classes and clustering is the limit).
 """
 from __future__ import annotations
 
@@ -195,6 +197,22 @@ def score(run: Run, phase: str, known: np.ndarray, before: dict | None = None) -
             "known_recall": known_hits / max(known_objects, 1), "found": sorted(found)}
 
 
+def embedding_check(crops: list[tuple[np.ndarray, str, int]], k: int = 15) -> str:
+    """Is the embedding or the clustering the limit? Over every embedded box that covers an object (IoU >=
+    0.5): the share whose nearest box of *another* object shows the same class, and the share of same-class
+    boxes among its k nearest of other objects (views of the box's own object excluded: those are easy)."""
+    if len(crops) < 2:
+        return "embedding check: too few object boxes"
+    x = np.stack([c[0] for c in crops]).astype(np.float64)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    cls, obj = np.array([c[1] for c in crops]), np.array([c[2] for c in crops])
+    sim = np.where(obj[:, None] == obj[None, :], -np.inf, x @ x.T)
+    near = np.argsort(-sim, axis=1)[:, :k]
+    return (f"embedding check ({len(x)} object boxes, {len(set(obj.tolist()))} objects): nearest box of another "
+            f"object of the same class {np.mean(cls[near[:, 0]] == cls):.2f}; same class among the {k} nearest "
+            f"of other objects {np.mean(cls[near] == cls[:, None]):.2f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
@@ -220,6 +238,7 @@ def main() -> int:
     cache = Cache(args.cache, model, embedder)
     t0, n = time.monotonic(), 0
     origins = Counter()
+    crops = []  # (embedding, true class, object) of every embedded box covering an object
     video = frames(args.moving, args.stopped, args.still, args.seed, empty=args.empty)
     for i, (phase, source, image, gt) in enumerate(video):
         frame = Frame(source, i, 0.0, image)
@@ -228,6 +247,10 @@ def main() -> int:
         origins.update(msg.origins)
         today.step(msg[np.array([o == "detector" for o in msg.origins], bool)], phase, gt)
         new.step(msg, phase, gt)
+        if gt and len(msg):
+            iou = box_iou(msg.xyxy, np.array([o["bbox"] for o in gt], np.float32))
+            crops += [(msg.embeddings[j], gt[int(iou[j].argmax())]["cls"], int(iou[j].argmax()) + 100 * (phase == "still"))
+                      for j in np.flatnonzero(iou.max(axis=1) >= 0.5)]
         if i % args.period == args.period - 1:
             today.cluster()
             new.cluster()
@@ -245,6 +268,7 @@ def main() -> int:
                   f"{r['classes']:7d}/6  {r['purity']:6.2f}  {r['nmi']:4.2f}  {r['known_recall']:6.2f} "
                   f"({', '.join(r['found'])})" + (f"  {r['prior_recall']:.2f}" if phase == "still" else ""), flush=True)
     print(f"classes at the end: today {len(today.gate)}, open-world {len(new.gate)}")
+    print(embedding_check(crops))
     return 0
 
 

@@ -21,7 +21,7 @@ RESTART_ROWS = 20_000  # graphs larger than this get one Leiden run of two itera
 class DiscoveryRules:
     """Every knob is a rank, a count, a share or a resolution — none is a distance or a similarity, so
     one default serves every embedder and domain."""
-    k: int = 15                # neighbours per row in the kNN graph
+    k: int = 15                # neighbours per row in the kNN graph (at most sqrt(rows in it): `graph_k`)
     resolution: float = 0.4    # Leiden modularity resolution; at <= 0.5 one Gaussian blob is never split (1.0 shatters it)
     min_size: int = 6          # rows a new class needs
     min_tracks: int = 2        # ... from at least this many tracks (untracked rows count one each)
@@ -148,6 +148,14 @@ def communities(x: np.ndarray, k: int, resolution: float, seed: int = 0, restart
     return partition(knn(x, min(k, len(x) - 1), seed)[0], resolution, seed, restarts)
 
 
+def graph_k(k: int, n: int) -> int:
+    """Neighbours per row in a graph of n rows: `k`, but never more than sqrt(n) (rounded up). A class
+    of a few objects contributes a few rows; in a small graph k = 15 exceeds that, so every row of it
+    links mostly to other things and Leiden lumps small classes together (the open-world benchmark: 9
+    rows a class, 60-130 rows a round). From 197 rows up this is `k` itself (docs/open-world.md)."""
+    return max(min(k, int(np.ceil(np.sqrt(n))), n - 1), 0)
+
+
 def partition(nbrs: np.ndarray, resolution: float, seed: int = 0, restarts: int = 3) -> np.ndarray:
     """nbrs: (N, k) neighbour indices (-1 = none) -> community id per row (N,) int64: the best of
     `restarts` seeded Leiden runs (igraph's, modularity at `resolution`) on the symmetrized graph.
@@ -167,7 +175,7 @@ def partition(nbrs: np.ndarray, resolution: float, seed: int = 0, restarts: int 
         part = graph.community_leiden(objective_function="modularity", resolution=resolution,
                                       n_iterations=-1 if n <= RESTART_ROWS else 2)
         q = graph.modularity(part.membership, resolution=resolution)  # the objective Leiden maximized
-        if q > best_q:
+        if best is None or q > best_q:  # q is nan on a graph without edges
             best, best_q = part, q
     igraph.set_random_number_generator(random)
     return np.asarray(best.membership, np.int64)
@@ -255,7 +263,9 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     kept = np.concatenate([reps, len(x) + np.arange(len(anchors))])
     index = np.full(len(nodes) + 1, -1, np.int64)  # node -> its place among the kept nodes; -1 maps to -1
     index[kept] = np.arange(len(kept))
-    comm_nodes = partition(index[nbrs[kept]], rules.resolution, rules.seed, rules.restarts)
+    # the graph links each row to its graph_k nearest (most similar first); `objects` above used all k
+    comm_nodes = partition(index[nbrs[kept, :graph_k(rules.k, len(kept))]], rules.resolution, rules.seed,
+                           rules.restarts)
     comm = _majority(obj, obj[reps], comm_nodes[:len(reps)])
     anchor_comm = comm_nodes[len(reps):]
     names, discovered = list(gate.names), np.array(gate.discovered, bool)

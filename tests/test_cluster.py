@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from models.discovery import DiscoveryRules, UnseenBuffer, communities, discover, objects
+from models.discovery import DiscoveryRules, UnseenBuffer, communities, discover, graph_k, objects
 from models.knn import knn
 from models.sddc import Gate, normalize
 
@@ -134,6 +134,23 @@ def test_a_class_split_over_two_groups_is_grown_by_one_only():
     assert gate.names == ["novel-1", "novel-2"]
     index, _ = gate.classify(np.vstack([a[20:], b[20:]]))
     assert (index[:40] == 1).mean() > 0.6 and (index[40:] == 0).mean() > 0.6
+
+
+def test_small_rounds_keep_small_classes_apart():
+    # the open-world benchmark's round: a class made earlier (16 members) and six new kinds of 12 rows
+    # each, 88 rows in all. With k 15 every row's neighbours spill over into other kinds and Leiden put
+    # them into 2-3 groups, one of them grown into the old class; with k at most sqrt(rows) (10) each
+    # kind is a class of its own and the old class takes none of them.
+    assert graph_k(15, 88) == 10 and graph_k(15, 196) == 14 and graph_k(15, 197) == 15 and graph_k(15, 5) == 3
+    for seed in (0, 1, 2):
+        x, truth = blobs(16, 7, 0.5, seed=seed)
+        gate = Gate.empty(DIM)
+        gate.add_members("novel-1", x[truth == 0], 0.75, discovered=True)
+        rows = np.concatenate([np.flatnonzero(truth == c)[:12] for c in range(1, 7)])
+        out = discover(gate, buffer_of(x[rows]), RULES, 0.75)
+        assert len(out.new) == 6 and not out.grown and not out.merged, seed
+        for ids in out.assigned.values():
+            assert len(np.unique(truth[rows][ids])) == 1, seed
 
 
 def test_a_seen_class_never_grows_from_unseen_rows():

@@ -154,8 +154,9 @@ def test_explained_keeps_detector_boxes_always_and_motion_only_on_a_settled_trac
     seen = np.array([False, False, True, True, False, False])
     ages, steady = np.array([0, 9, 0, 0, 9, 9]), np.array([0, 3, 0, 0, 3, 1])
     keep = explained(origins, seen, ages, 5, steady, 3)
-    # a seen motion box on no track is a flicker; the last motion box is old but its box jumps about
-    assert keep.tolist() == [True, True, True, False, True, False]
+    # an unseen proposal stays a guess even on a settled track; a seen motion box on no track is a
+    # flicker; the last motion box is old but its box jumps about
+    assert keep.tolist() == [True, False, True, False, True, False]
 
 
 def test_track_ages_count_steady_frames_and_restart_on_a_jump():
