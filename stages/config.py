@@ -104,10 +104,12 @@ class GateSettings:
     vote_share: float = field(default=0.6, metadata=between(0, 1))  # ... and this share for the majority label
     thumb: int = field(default=128, metadata=between(1, 1024))  # longest side (px) of the example crops sent to
     #                                                               clustering (aspect kept, smaller ones as they are)
-    persist: int = field(default=5, metadata=at_least(1))  # frames a track needs before an unseen proposal or
-    #                                                        motion box on it is kept (shorter: a flicker, dropped)
-    steady: int = field(default=3, metadata=at_least(0))  # frames in a row a proposal or motion track's box must
-    #                                                       keep place and size before it is kept unseen or clustered
+    persist: int = field(default=5, metadata=at_least(1))  # frames a track needs before a motion box on it is
+    #                                                        kept (shorter: a flicker, dropped; a low-score proposal
+    #                                                        is kept only when seen as a class)
+    steady: int = field(default=3, metadata=at_least(0))  # frames in a row a motion track's box must keep place
+    #                                                       and size before it is kept; proposal/motion boxes feed
+    #                                                       clustering only from such steady tracks
     reorder_frames: int = field(default=64, metadata=between(1, 4096))  # file mode: frames held per source to put
     #                                                               them back in order (workers finish out of order);
     #                                                               past this a missing frame is skipped, counted

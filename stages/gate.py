@@ -26,9 +26,9 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     With a tracker, boxes get track ids and `votes` smooths each track's label; only boxes of
     confirmed tracks whose voted label is unseen go to clustering, so a class can be required to
     span several tracks. Without one, every unseen box goes. Proposal and motion boxes are kept only
-    when explained (models/openworld.py: seen as a class, or unseen on a track `persist` frames old
-    whose box was steady `steady` frames in a row; never a fragment of a larger kept box), and feed
-    clustering only from steady tracks; the labeled frame holds only kept boxes."""
+    when explained (models/openworld.py: a low-score proposal when seen as a class; a motion box on a
+    track `persist` frames old whose box was steady `steady` frames in a row; never a fragment of a
+    larger kept box), and feed clustering only from steady tracks; the labeled frame holds only kept boxes."""
     n = len(msg)
     x = normalize(msg.embeddings) if n else np.zeros((0, msg.embeddings.shape[1]), np.float32)
     index, distance = gate.classify(x)
