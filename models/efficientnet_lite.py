@@ -31,6 +31,7 @@ class _Pooled(torch.nn.Module):
 
 class EfficientNetLite0:
     dim = 1280
+    stride = 32  # pixels of the input per cell of the last feature map
     mean, std = MEAN, STD
 
     def __init__(self, path: Path, device: str = "cpu", precision: str = "auto", input_size: int = 224,
@@ -50,6 +51,16 @@ class EfficientNetLite0:
         with autocast(self.device, self.precision, matmul_heavy=False):  # depthwise convs: bf16 pays off sooner
             fmap = self.model.extract_features(x.to(self.device, memory_format=torch.channels_last))  # (B,1280,s,s)
         return fmap.float().mean(dim=(2, 3))
+
+    @torch.inference_mode()
+    def feature_map(self, image: np.ndarray) -> np.ndarray:
+        """image: BGR uint8 (H, W, 3), any size -> (1280, ceil(H/32), ceil(W/32)) float32, the last map
+        before the global pooling that makes a crop's embedding (models/search.py averages it over windows)."""
+        x = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1], np.float32))  # (H, W, 3) RGB
+        x = ((x - torch.tensor(MEAN)) / torch.tensor(STD)).permute(2, 0, 1)[None]  # (1, 3, H, W)
+        with autocast(self.device, self.precision, matmul_heavy=False):
+            fmap = self.model.extract_features(x.to(self.device, memory_format=torch.channels_last))
+        return fmap[0].float().cpu().numpy()  # (1280, h, w)
 
     def network(self) -> torch.nn.Module:
         """The fp32 network of `features`, for export to another runtime (models/compiled.py)."""
