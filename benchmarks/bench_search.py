@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +76,16 @@ def oracle(embedder, moving: list, rows: list, alpha: float, finder: ClassSearch
     return gate
 
 
-def judge(gate: Gate, embedder, image: np.ndarray, xyxy: np.ndarray, always: np.ndarray | None = None):
-    """Embeds the boxes, classifies them; returns kept boxes and labels (seen ones, plus `always` ones)."""
-    if len(xyxy) == 0:
-        return np.zeros((0, 4), np.float32), []
-    index, _ = gate.classify(normalize(embedder.embed(crop(image, xyxy))))
-    keep = index >= 0 if always is None else (index >= 0) | always
-    return xyxy[keep], [gate.names[i] if i >= 0 else UNSEEN for i in index[keep]]
+def judge(gate: Gate, x: np.ndarray, always: np.ndarray, factor: float = 1.0) -> tuple[np.ndarray, list]:
+    """x (N, D) normalized box embeddings -> (kept (N,) bool, labels): the nearest class when within `factor`
+    times its radius (the gate's rule at factor 1, its classes being one embedding set), else unseen; a box is
+    kept when seen or `always` (the detector's confident boxes)."""
+    if len(x) == 0:
+        return np.zeros(0, bool), []
+    dist = np.linalg.norm(x[:, None] - gate.centroids[None], axis=2)  # (N, K)
+    near = dist.argmin(axis=1)
+    seen = dist[np.arange(len(x)), near] <= factor * gate.radii[near]
+    return seen | always, [gate.names[k] if ok else UNSEEN for k, ok in zip(near, seen)]
 
 
 def tally(acc: dict, gt: list, known: np.ndarray, xyxy: np.ndarray, labels: list, candidates: np.ndarray) -> None:
@@ -105,9 +109,11 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=3, help="still frames per seed (they differ only by noise)")
     p.add_argument("--moving", type=int, default=80, help="moving frames (every 4th makes the oracle classes)")
     p.add_argument("--scale", type=float, default=1.0, help="frame scale for the search's feature map")
-    p.add_argument("--grid", type=int, default=2, help="window positions per map cell and axis")
+    p.add_argument("--grid", type=int, default=1, help="window positions per map cell and axis")
     p.add_argument("--per-class", type=int, default=4)
     p.add_argument("--limit", type=int, default=30)
+    p.add_argument("--factors", type=float, nargs="+", default=[1.0],
+                   help="radius multipliers to judge boxes with (1 = the gate's rule)")
     p.add_argument("--oracle", choices=("gt", "motion"), default="motion",
                    help="class members: ground-truth boxes, or motion boxes matching an object (IoU >= 0.5)")
     args = p.parse_args()
@@ -118,10 +124,7 @@ def main() -> int:
     model.score_threshold = 0.05
     embedder = EMBEDDERS.create(s.embed.model, weights=s.embed.weights, device=s.embed.device, **s.embed.options)
     known = detect(model, [Frame("bg", 0, 0.0, background())], d.score_threshold, d.min_box, d.nms_iou)[0].xyxy
-    sets = ("perfect boxes (ground truth)", "today's proposals", "detector >= 0.05, best 50", "class search",
-            "today's + search")
-    acc = {k: dict.fromkeys(("objects", "hits", "boxed", "covered", "false", "frames", "embedded", "s"), 0)
-           for k in sets}
+    runs = defaultdict(list)  # candidate set -> per frame (gate, gt, boxes, embeddings, always kept, seconds)
     load0 = os.getloadavg()[0]
     for seed in args.seeds:
         moving, still = [], []
@@ -133,39 +136,39 @@ def main() -> int:
         for i, (image, gt) in enumerate(still):
             frame = Frame("still", i, 0.0, image)
             g = np.array([o["bbox"] for o in gt], np.float32)
-            xyxy, labels = judge(gate, embedder, image, g)
-            tally(acc["perfect boxes (ground truth)"], gt, known, xyxy, labels, g)
+            cands = {"perfect boxes (ground truth)": (g, np.zeros(len(g), bool), 0.0)}
             for name, score, limit in (("today's proposals", d.proposal_score, d.max_proposals),
                                        ("detector >= 0.05, best 50", 0.05, 50)):
                 t = time.perf_counter()
                 prop = Proposals(score, d.proposal_iou, limit, "off", d.motion_history, d.min_box)
                 m = detect(model, [frame], d.score_threshold, d.min_box, d.nms_iou, prop)[0]
-                det = np.array([o == "detector" for o in m.origins], bool)
-                xyxy, labels = judge(gate, embedder, image, m.xyxy, det)
-                acc[name]["s"] += time.perf_counter() - t
-                tally(acc[name], gt, known, xyxy, labels, m.xyxy)
-                if name == "today's proposals":
-                    today = (m.xyxy, det, time.perf_counter() - t)
+                cands[name] = (m.xyxy, np.array([o == "detector" for o in m.origins], bool), time.perf_counter() - t)
             t = time.perf_counter()
             boxes = finder.propose(dense_map(embedder, image, args.scale, args.grid))
-            xyxy, labels = judge(gate, embedder, image, boxes)
-            dt = time.perf_counter() - t
-            acc["class search"]["s"] += dt
-            tally(acc["class search"], gt, known, xyxy, labels, boxes)
-            both = np.vstack([today[0], boxes])
-            xyxy, labels = judge(gate, embedder, image, both, np.r_[today[1], np.zeros(len(boxes), bool)])
-            acc["today's + search"]["s"] += today[2] + dt
-            tally(acc["today's + search"], gt, known, xyxy, labels, both)
+            cands["class search"] = (boxes, np.zeros(len(boxes), bool), time.perf_counter() - t)
+            today = cands["today's proposals"]
+            cands["today's + search"] = (np.vstack([today[0], boxes]), np.r_[today[1], cands["class search"][1]],
+                                         today[2] + cands["class search"][2])
+            for name, (xyxy, always, dt) in cands.items():
+                t = time.perf_counter()
+                x = normalize(embedder.embed(crop(image, xyxy))) if len(xyxy) else np.zeros((0, embedder.dim))
+                runs[name].append((gate, gt, xyxy, x, always, dt + time.perf_counter() - t))
         print(f"seed {seed}: classes {', '.join(f'{n} r={r:.2f}' for n, r in zip(gate.names, gate.radii))}",
               flush=True)
     print(f"{len(args.seeds)} seeds x {args.frames} still frames; scale {args.scale}, per class {args.per_class}, "
           f"limit {args.limit}, oracle {args.oracle}; "
           f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'candidates':28s} recall  box recall  coverage  false/frame  embedded/frame  s/frame")
-    for name, a in acc.items():
-        n, f = max(a["objects"], 1), max(a["frames"], 1)
-        print(f"{name:28s} {a['hits'] / n:6.2f}  {a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  "
-              f"{a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  {a['s'] / f:7.2f}")
+    print(f"{'candidates':28s} radius  recall  box recall  coverage  false/frame  embedded/frame  s/frame")
+    for factor in args.factors:
+        for name, rows in runs.items():
+            a = dict.fromkeys(("objects", "hits", "boxed", "covered", "false", "frames", "embedded"), 0)
+            for gate, gt, xyxy, x, always, dt in rows:
+                kept, labels = judge(gate, x, always, factor)
+                tally(a, gt, known, xyxy[kept], [lab for lab, k in zip(labels, kept) if k], xyxy)
+            n, f = max(a["objects"], 1), max(a["frames"], 1)
+            sec = sum(r[-1] for r in rows) / f
+            print(f"{name:28s} {factor:5.2f}x  {a['hits'] / n:6.2f}  {a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  "
+                  f"{a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  {sec:7.2f}")
     return 0
 
 

@@ -116,7 +116,7 @@ class DenseMap:
     frame_hw: tuple[int, int]
 
 
-def dense_map(embedder, image: np.ndarray, scale: float = 1.0, grid: int = 2) -> DenseMap:
+def dense_map(embedder, image: np.ndarray, scale: float = 1.0, grid: int = 1) -> DenseMap:
     """One pass of the embedder's network over the whole frame (BGR (H, W, 3)) resized by `scale`."""
     import cv2
 
