@@ -1,5 +1,6 @@
-"""Class-conditional box search: windows of one dense feature map of the whole frame, ranked by cosine to
-each class's centroid, so the few that look like a class can be embedded exactly and judged by the gate."""
+"""Class-conditional box search (the updated box predictor): windows of one dense feature map of the whole
+frame, ranked by cosine to what each class's boxes look like in that map; the few best are embedded exactly
+and judged by the gate like any box."""
 from __future__ import annotations
 
 from collections import deque
@@ -9,20 +10,11 @@ import numpy as np
 
 from models.proposals import agnostic_nms
 
-SIDES = (48, 64, 80, 96, 128, 160)   # window side lengths (px of the frame), geometric-ish
-ASPECTS = (0.5, 1.0, 2.0)            # height / width
-
-
 @dataclass(frozen=True)
 class Windows:
     """Candidate windows of one frame and their cosine to each class centroid."""
     xyxy: np.ndarray    # (P, 4) float32, absolute pixels of the frame
     cosine: np.ndarray  # (P, K) float32, pooled map feature of the window vs class centroid
-
-
-def shapes(sides=SIDES, aspects=ASPECTS) -> list[tuple[float, float]]:
-    """(width, height) in pixels of every window shape: each side at each aspect, same area."""
-    return [(s / np.sqrt(a), s * np.sqrt(a)) for s in sides for a in aspects]
 
 
 def integral(fmap: np.ndarray) -> np.ndarray:
@@ -60,40 +52,6 @@ def score_windows(fmap: np.ndarray, stride: float, frame_hw: tuple[int, int], ce
     k = len(centroids)
     return Windows(np.concatenate(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32),
                    np.concatenate(cosines) if cosines else np.zeros((0, k), np.float32))
-
-
-def best_windows(windows: Windows, per_class: int, limit: int, iou: float = 0.3) -> np.ndarray:
-    """Indices of the windows worth embedding: per class the `per_class` best by cosine after NMS at
-    `iou`, then one class-agnostic NMS over them all, best cosine first, at most `limit`."""
-    if len(windows.xyxy) == 0 or windows.cosine.shape[1] == 0:
-        return np.zeros(0, np.int64)
-    picked = []
-    for k in range(windows.cosine.shape[1]):
-        top = np.argsort(-windows.cosine[:, k], kind="stable")[:max(per_class * 20, 64)]  # NMS on the head only
-        keep = agnostic_nms(windows.xyxy[top], windows.cosine[top, k], iou)[:per_class]
-        picked.append(top[keep])
-    cand = np.unique(np.concatenate(picked))
-    rank = windows.cosine[cand].max(axis=1)
-    return cand[agnostic_nms(windows.xyxy[cand], rank, 0.7)][:limit]
-
-
-def search(embedder, image: np.ndarray, centroids: np.ndarray, window_shapes: list[tuple[float, float]],
-           scale: float = 1.0, per_class: int = 4, limit: int = 30, grid: int = 2) -> np.ndarray:
-    """(M, 4) float32 boxes of `image` (BGR (H, W, 3)) that look most like the classes' centroids (K, C):
-    one pass of the embedder's network over the frame resized by `scale`, its map cells split `grid` x
-    `grid` (windows then start and end on half cells), windows scored by score_windows, best_windows kept."""
-    import cv2
-
-    h, w = image.shape[:2]
-    if len(centroids) == 0:
-        return np.zeros((0, 4), np.float32)
-    x = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)),
-                                              interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    fmap = embedder.feature_map(x)  # (C, h', w')
-    if grid > 1:
-        fmap = fmap.repeat(grid, axis=1).repeat(grid, axis=2)
-    windows = score_windows(fmap, embedder.stride / scale / grid, (h, w), centroids, window_shapes)
-    return windows.xyxy[best_windows(windows, per_class, limit)]
 
 
 def pool_boxes(fmap: np.ndarray, stride: float, xyxy: np.ndarray) -> np.ndarray:

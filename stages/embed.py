@@ -1,4 +1,5 @@
-"""Embed stage: crops every detected box and embeds the crops of several frames in one batch."""
+"""Embed stage: crops every detected box and embeds the crops of several frames in one batch; with
+embed.search, adds the windows of each frame that look like a discovered class (models/search.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,19 +7,82 @@ import numpy as np
 from models.boxes import crop
 from models.compiled import build_embedder
 from models.detections import Embedder
+from models.proposals import PROPOSAL, box_iou
+from models.sddc import Gate, load_memory, normalize
+from models.search import ClassSearch, dense_map
+from stages.config import ConfigError
 from stages.process import StageProcess, limit_threads
-from stream.messages import EndOfStream, FrameDetections, FrameEmbeddings
+from stream.messages import ClassUpdate, EndOfStream, FrameDetections, FrameEmbeddings
+from stream.sockets import Inbox
+
+SEARCH_LABEL = "search"  # det_label of a searched window (its origin is "proposal": kept only when seen)
+SEARCH_SCORE = 0.0       # below every tracker threshold: a searched window starts no track of its own
 
 
-def embed(model: Embedder, msgs: list[FrameDetections]) -> list[FrameEmbeddings]:
+class Search:
+    """The class search of one embed worker: the classes (the memory file's, then each ClassUpdate's), what
+    their boxes look like in the dense map, and the windows it adds to each frame."""
+
+    def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0):
+        if not hasattr(network, "feature_map"):
+            raise ConfigError(f"embed.search needs an embedder with a dense feature map (efficientnet_lite0), "
+                              f"not {type(network).__name__}")
+        self.network, self.gate, self.finder, self.scale = network, gate, finder, scale
+
+    def update(self, update: ClassUpdate, dim: int) -> str | None:
+        """Applies a class snapshot; returns why it cannot be used, or None."""
+        if len(update) and update.centroids.shape[1] != dim:
+            return f"class update of dim {update.centroids.shape[1]}, this embedder's is {dim}"
+        self.gate = Gate(list(update.names), update.centroids.astype(np.float32), update.radii.astype(np.float32),
+                         update.sizes.astype(np.int64), update.set_ids.astype(np.int64), self.gate.set_size,
+                         pool=self.gate.pool)
+        self.finder.forget_except(set(self.gate.names))
+        return None
+
+    def windows(self, msg: FrameDetections, x: np.ndarray) -> np.ndarray:
+        """msg's boxes with their embeddings (N, D) -> (M, 4) windows to embed: the map learns the boxes the
+        classes hold, then proposes; a window over a box already seen as a class is that box, and goes."""
+        if len(self.gate) == 0:
+            return np.zeros((0, 4), np.float32)
+        dense = dense_map(self.network, msg.image, self.scale)
+        index, _ = self.gate.classify(normalize(x)) if len(x) else (np.zeros(0, np.int64), None)
+        self.finder.learn(dense, msg.xyxy, [self.gate.names[i] if i >= 0 else None for i in index])
+        found = self.finder.propose(dense)
+        seen = msg.xyxy[index >= 0]
+        if len(found) and len(seen):
+            found = found[box_iou(found, seen).max(axis=1) < 0.5]
+        return found
+
+
+def embed(model: Embedder, msgs: list[FrameDetections], search: Search | None = None) -> list[FrameEmbeddings]:
     crops = [c for m in msgs for c in crop(m.image, m.xyxy)]
     vectors = model.embed(crops) if crops else np.zeros((0, model.dim), np.float32)
-    out, start = [], 0
-    for m in msgs:
-        out.append(FrameEmbeddings(m.frame, m.xyxy, m.scores, m.det_labels,
-                                   vectors[start:start + len(m)], origins=m.origins))
-        start += len(m)
+    starts = np.cumsum([0] + [len(m) for m in msgs])
+    found = [search.windows(m, vectors[a:b]) if search else np.zeros((0, 4), np.float32)
+             for m, a, b in zip(msgs, starts[:-1], starts[1:])]
+    extra_crops = [c for m, f in zip(msgs, found) for c in crop(m.image, f)]
+    extra = model.embed(extra_crops) if extra_crops else np.zeros((0, model.dim), np.float32)
+    out, e = [], 0
+    for m, f, a, b in zip(msgs, found, starts[:-1], starts[1:]):
+        k = len(f)
+        out.append(FrameEmbeddings(m.frame, np.vstack([m.xyxy, f]).astype(np.float32),
+                                   np.concatenate([m.scores, np.full(k, SEARCH_SCORE, np.float32)]),
+                                   m.det_labels + (SEARCH_LABEL,) * k,
+                                   np.vstack([vectors[a:b], extra[e:e + k]]), origins=m.origins + (PROPOSAL,) * k))
+        e += k
     return out
+
+
+def build_search(stage: StageProcess, model: Embedder) -> tuple[Search | None, Inbox | None]:
+    """embed.search: the classes to start from (gate.memory) and the subscription to the cluster's updates."""
+    s, g = stage.settings.embed, stage.settings.gate
+    if not s.search:
+        return None, None
+    # another runtime (models/compiled.py) wraps the torch model it was exported from: the map comes from that
+    network = model if hasattr(model, "feature_map") else getattr(model, "model", model)
+    search = Search(network, load_memory(g.memory, g.set_size, g.radius_pool),
+                    ClassSearch(s.search_per_class, s.search_limit), s.search_scale)
+    return search, Inbox(stage.socket("classes"), "embed/classes", (ClassUpdate,))
 
 
 def run(stage: StageProcess) -> int:
@@ -26,12 +90,23 @@ def run(stage: StageProcess) -> int:
     limit_threads(s.threads)
     model = build_embedder(s.model, s.runtime, s.threads, weights=s.weights, device=s.device, **s.options)
     model.embed([np.zeros((64, 32, 3), np.uint8)])  # the slow first call before joining the pool (see detect)
+    search, classes = build_search(stage, model)
     hwm = 1 if stage.live else None  # live: see detect
     inbox = stage.inbox(stage.socket("to_embed", hwm=hwm), "embed",
                         (FrameDetections, EndOfStream))
     out = stage.socket("embeddings", hwm=hwm)
-    stage.started(model=s.model, dim=model.dim, runtime=model.runtime)
-    frames = stage.relay_batches(inbox, out, s.batch_frames, 0 if stage.live else s.batch_timeout_ms,
-                                 lambda batch: embed(model, batch))
-    stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
+    stage.started(model=s.model, dim=model.dim, runtime=model.runtime, search=s.search)
+
+    def step(batch: list[FrameDetections]) -> list[FrameEmbeddings]:
+        while classes is not None and classes.sock.poll(0):  # the newest classes before each batch
+            update = classes.recv(0)
+            reason = search.update(update, model.dim) if update is not None else None
+            if reason:
+                classes.reject(reason)
+            elif update is not None:
+                stage.log.info("search: applied class update %d: %d classes", update.version, len(update))
+        return embed(model, batch, search)
+
+    frames = stage.relay_batches(inbox, out, s.batch_frames, 0 if stage.live else s.batch_timeout_ms, step)
+    stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected + (classes.rejected if classes else 0))
     return 0
