@@ -55,7 +55,7 @@ class EfficientNetLite0:
 
     @torch.inference_mode()
     def feature_map(self, image: np.ndarray) -> np.ndarray:
-        """image: BGR uint8 (H, W, 3), any size -> (112, ceil(H/16), ceil(W/16)) float32: the output of the
+        """image: BGR uint8 (H, W, 3), any size -> (112, ~H/16, ~W/16) float32: the output of the
         last stride-16 block, a dense map of the whole frame for models/search.py (its windows find
         ~80 px objects far better than the 1280-d map at stride 32: docs/box-predictor.md)."""
         x = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1], np.float32))  # (H, W, 3) RGB

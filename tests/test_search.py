@@ -135,8 +135,8 @@ def test_efficientnet_lite0_gives_a_stride_16_map_and_the_stage_finds_it_behind_
     from stages.embed import build_search
 
     model = EMBEDDERS.create("efficientnet_lite0", input_size=128, precision="fp32")
-    fmap = model.feature_map(np.zeros((100, 130, 3), np.uint8))
-    assert fmap.shape == (112, 7, 9) and model.stride == 16 and np.isfinite(fmap).all()
+    fmap = model.feature_map(np.zeros((96, 128, 3), np.uint8))
+    assert fmap.shape == (112, 6, 8) and model.stride == 16 and np.isfinite(fmap).all()
 
     class Stage:  # what build_search reads of a StageProcess
         settings = load(None, {"embed.search": True})
