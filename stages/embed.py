@@ -39,7 +39,7 @@ class Search:
         self.finder.forget_except(set(self.gate.names))
         return None
 
-    def windows(self, msg: FrameDetections, x: np.ndarray) -> np.ndarray:
+    def windows(self, msg: FrameDetections | FrameEmbeddings, x: np.ndarray) -> np.ndarray:
         """msg's boxes with their embeddings (N, D) -> (M, 4) windows to embed: the map learns the boxes the
         classes hold, then proposes; a window over a box already seen as a class is that box, and goes."""
         if len(self.gate) == 0:
@@ -57,20 +57,25 @@ class Search:
 def embed(model: Embedder, msgs: list[FrameDetections], search: Search | None = None) -> list[FrameEmbeddings]:
     crops = [c for m in msgs for c in crop(m.image, m.xyxy)]
     vectors = model.embed(crops) if crops else np.zeros((0, model.dim), np.float32)
-    starts = np.cumsum([0] + [len(m) for m in msgs])
-    found = [search.windows(m, vectors[a:b]) if search else np.zeros((0, 4), np.float32)
-             for m, a, b in zip(msgs, starts[:-1], starts[1:])]
-    extra_crops = [c for m, f in zip(msgs, found) for c in crop(m.image, f)]
-    extra = model.embed(extra_crops) if extra_crops else np.zeros((0, model.dim), np.float32)
-    out, e = [], 0
-    for m, f, a, b in zip(msgs, found, starts[:-1], starts[1:]):
-        k = len(f)
-        out.append(FrameEmbeddings(m.frame, np.vstack([m.xyxy, f]).astype(np.float32),
-                                   np.concatenate([m.scores, np.full(k, SEARCH_SCORE, np.float32)]),
-                                   m.det_labels + (SEARCH_LABEL,) * k,
-                                   np.vstack([vectors[a:b], extra[e:e + k]]), origins=m.origins + (PROPOSAL,) * k))
-        e += k
-    return out
+    out, start = [], 0
+    for m in msgs:
+        out.append(FrameEmbeddings(m.frame, m.xyxy, m.scores, m.det_labels,
+                                   vectors[start:start + len(m)], origins=m.origins))
+        start += len(m)
+    return [searched(model, m, search) for m in out] if search is not None else out
+
+
+def searched(model: Embedder, msg: FrameEmbeddings, search: Search) -> FrameEmbeddings:
+    """msg with the search's windows appended, each embedded like any box (origin proposal, det_label search)."""
+    found = search.windows(msg, msg.embeddings)
+    if len(found) == 0:
+        return msg
+    k = len(found)
+    return FrameEmbeddings(msg.frame, np.vstack([msg.xyxy, found]).astype(np.float32),
+                           np.concatenate([msg.scores, np.full(k, SEARCH_SCORE, np.float32)]),
+                           msg.det_labels + (SEARCH_LABEL,) * k,
+                           np.vstack([msg.embeddings, model.embed(crop(msg.image, found))]),
+                           origins=msg.origins + (PROPOSAL,) * k)
 
 
 def build_search(stage: StageProcess, model: Embedder) -> tuple[Search | None, Inbox | None]:
