@@ -151,3 +151,18 @@ def test_efficientnet_lite0_gives_a_stride_16_map_and_the_stage_finds_it_behind_
     assert Stage.opened == ["classes", "classes"]
     Stage.settings = load(None, {})
     assert build_search(Stage(), model) == (None, None)
+
+
+def test_the_embed_key_may_subscribe_to_classes_over_curve(tmp_path):
+    from stages.config import Settings, TransportSettings
+    from stages.keys import KEY_NAMES, socket_curve
+    from stream.security import PUBLIC_SUFFIX, load_public, make_keys
+    from stream.topology import ENDPOINT_NAMES
+
+    make_keys(tmp_path / "k", KEY_NAMES)
+    endpoints = {n: f"tcp://127.0.0.1:{5000 + i}" for i, n in enumerate(ENDPOINT_NAMES)}  # never opened
+    settings = Settings(transport=TransportSettings(endpoints=endpoints, keys=str(tmp_path / "k")))
+    public = lambda name: load_public(tmp_path / "k" / "public" / f"{name}{PUBLIC_SUFFIX}")  # noqa: E731
+    assert socket_curve(settings, "embed", "classes", False).server == public("cluster")
+    admitted = socket_curve(settings, "cluster", "classes", True).clients
+    assert public("embed") in admitted and public("gate") in admitted and public("detect") not in admitted
