@@ -17,6 +17,7 @@ boxes, low-score ones >= detect.proposal_score, best detect.max_proposals), all 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -26,19 +27,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
+from models.boxes import crop
+from models.proposals import MotionProposer, box_iou
+from models.registry import DETECTORS, EMBEDDERS
+from models.sddc import UNSEEN, Gate, normalize
+from models.search import ClassSearch, dense_map, refine
+from stages.config import load
+from stages.detect import Proposals, detect
+from stream.messages import Frame
 
-from openworld_video import background, frames  # noqa: E402
-from models.boxes import crop  # noqa: E402
-from models.proposals import box_iou  # noqa: E402
-from models.registry import DETECTORS, EMBEDDERS  # noqa: E402
-from models.sddc import UNSEEN, Gate, normalize  # noqa: E402
-from models.proposals import MotionProposer  # noqa: E402
-from models.search import ClassSearch, dense_map  # noqa: E402
-from stages.config import load  # noqa: E402
-from stages.detect import Proposals, detect  # noqa: E402
-from stream.messages import Frame  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _video_tool():
+    """tools/openworld_video.py of this checkout (tools/ is not an installed package)."""
+    spec = importlib.util.spec_from_file_location("openworld_video", ROOT / "tools" / "openworld_video.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def members(moving: list, motion: bool, history: int, min_box: int) -> list[tuple[int, np.ndarray, list]]:
@@ -114,6 +120,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=30)
     p.add_argument("--factors", type=float, nargs="+", default=[1.0],
                    help="radius multipliers to judge boxes with (1 = the gate's rule)")
+    p.add_argument("--refine", type=int, default=0, help="rounds of refining searched windows (0: none)")
     p.add_argument("--oracle", choices=("gt", "motion"), default="motion",
                    help="class members: ground-truth boxes, or motion boxes matching an object (IoU >= 0.5)")
     args = p.parse_args()
@@ -123,12 +130,14 @@ def main() -> int:
     model = DETECTORS.create(d.model, weights=d.weights, device=d.device, **d.options)
     model.score_threshold = 0.05
     embedder = EMBEDDERS.create(s.embed.model, weights=s.embed.weights, device=s.embed.device, **s.embed.options)
-    known = detect(model, [Frame("bg", 0, 0.0, background())], d.score_threshold, d.min_box, d.nms_iou)[0].xyxy
     runs = defaultdict(list)  # candidate set -> per frame (gate, gt, boxes, embeddings, always kept, seconds)
+    extra = defaultdict(int)  # candidate set -> crops embedded beside its boxes (refinement)
+    video = _video_tool()
+    known = detect(model, [Frame("bg", 0, 0.0, video.background())], d.score_threshold, d.min_box, d.nms_iou)[0].xyxy
     load0 = os.getloadavg()[0]
     for seed in args.seeds:
         moving, still = [], []
-        for phase, source, image, gt in frames(args.moving, 0, args.frames, seed, empty=30):
+        for phase, source, image, gt in video.frames(args.moving, 0, args.frames, seed, empty=30):
             (still if phase == "still" else moving).append((image, gt))
         finder = ClassSearch(args.per_class, args.limit)
         rows = members(moving, args.oracle == "motion", d.motion_history, d.min_box)
@@ -146,6 +155,18 @@ def main() -> int:
             t = time.perf_counter()
             boxes = finder.propose(dense_map(embedder, image, args.scale, args.grid))
             cands["class search"] = (boxes, np.zeros(len(boxes), bool), time.perf_counter() - t)
+            if args.refine:
+                t = time.perf_counter()
+                x0 = normalize(embedder.embed(crop(image, boxes))) if len(boxes) else np.zeros((0, embedder.dim))
+                tried = []  # refining windows embeds their variants too
+
+                def embed_boxes(b: np.ndarray) -> np.ndarray:
+                    tried.append(len(b))
+                    return normalize(embedder.embed(crop(image, b)))
+                refined, _ = refine(boxes, x0, embed_boxes, gate.centroids, gate.radii, rounds=args.refine)
+                extra["class search, refined"] += sum(tried)
+                cands["class search, refined"] = (refined, np.zeros(len(refined), bool),
+                                                  cands["class search"][2] + time.perf_counter() - t)
             today = cands["today's proposals"]
             cands["today's + search"] = (np.vstack([today[0], boxes]), np.r_[today[1], cands["class search"][1]],
                                          today[2] + cands["class search"][2])
@@ -166,6 +187,7 @@ def main() -> int:
                 kept, labels = judge(gate, x, always, factor)
                 tally(a, gt, known, xyxy[kept], [lab for lab, k in zip(labels, kept) if k], xyxy)
             n, f = max(a["objects"], 1), max(a["frames"], 1)
+            a["embedded"] += extra[name]
             sec = sum(r[-1] for r in rows) / f
             print(f"{name:28s} {factor:5.2f}x  {a['hits'] / n:6.2f}  {a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  "
                   f"{a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  {sec:7.2f}")

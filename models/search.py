@@ -138,3 +138,42 @@ class ClassSearch:
             return np.zeros((0, 4), np.float32)
         boxes, rank = np.concatenate(boxes), np.concatenate(rank)
         return boxes[agnostic_nms(boxes, rank, 0.7)][:self.limit]
+
+
+def variants(box: np.ndarray, step: float) -> np.ndarray:
+    """(8, 4): the box moved by `step` of its size left, right, up, down, and each side grown or shrunk by it."""
+    x1, y1, x2, y2 = box
+    dx, dy = step * (x2 - x1), step * (y2 - y1)
+    return np.array([[x1 - dx, y1, x2 - dx, y2], [x1 + dx, y1, x2 + dx, y2],
+                     [x1, y1 - dy, x2, y2 - dy], [x1, y1 + dy, x2, y2 + dy],
+                     [x1 - dx, y1, x2 + dx, y2], [x1 + dx, y1, x2 - dx, y2],
+                     [x1, y1 - dy, x2, y2 + dy], [x1, y1 + dy, x2, y2 - dy]], np.float32)
+
+
+def refine(boxes: np.ndarray, x: np.ndarray, embed, centroids: np.ndarray, radii: np.ndarray,
+           near: float = 1.5, step: float = 0.12, rounds: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Windows whose embedding lies within `near` x the radius of its nearest class are nudged towards that
+    class: each round tries `variants` of each and keeps the one nearest the class centroid.
+
+    boxes (M, 4), x (M, D) their unit embeddings; embed(boxes (P, 4)) -> (P, D) unit embeddings.
+    Returns the boxes and embeddings, refined where it helped."""
+    boxes, x = boxes.copy(), x.copy()
+    if len(boxes) == 0 or len(centroids) == 0:
+        return boxes, x
+    dist = np.linalg.norm(x[:, None] - centroids[None], axis=2)  # (M, K)
+    cls = dist.argmin(axis=1)
+    best = dist[np.arange(len(x)), cls]
+    todo = np.flatnonzero(best <= near * radii[cls])
+    for _ in range(rounds):
+        if len(todo) == 0:
+            break
+        cand = np.concatenate([variants(boxes[i], step) for i in todo])  # (8 T, 4)
+        e = embed(cand).reshape(len(todo), 8, -1)
+        d = np.linalg.norm(e - centroids[cls[todo]][:, None], axis=2)  # (T, 8)
+        j = d.argmin(axis=1)
+        better = d[np.arange(len(todo)), j] < best[todo]
+        for i, jj, ok, row in zip(todo, j, better, range(len(todo))):
+            if ok:
+                boxes[i], x[i], best[i] = cand[row * 8 + jj], e[row, jj], d[row, jj]
+        todo = todo[better]
+    return boxes, x
