@@ -121,6 +121,7 @@ def main() -> int:
     p.add_argument("--factors", type=float, nargs="+", default=[1.0],
                    help="radius multipliers to judge boxes with (1 = the gate's rule)")
     p.add_argument("--refine", type=int, default=0, help="rounds of refining searched windows (0: none)")
+    p.add_argument("--near", type=float, default=1.25, help="refine windows within this many radii of a class")
     p.add_argument("--oracle", choices=("gt", "motion"), default="motion",
                    help="class members: ground-truth boxes, or motion boxes matching an object (IoU >= 0.5)")
     args = p.parse_args()
@@ -163,7 +164,7 @@ def main() -> int:
                 def embed_boxes(b: np.ndarray) -> np.ndarray:
                     tried.append(len(b))
                     return normalize(embedder.embed(crop(image, b)))
-                refined, _ = refine(boxes, x0, embed_boxes, gate.centroids, gate.radii, rounds=args.refine)
+                refined, _ = refine(boxes, x0, embed_boxes, gate.centroids, gate.radii, args.near, rounds=args.refine)
                 extra["class search, refined"] += sum(tried)
                 cands["class search, refined"] = (refined, np.zeros(len(refined), bool),
                                                   cands["class search"][2] + time.perf_counter() - t)

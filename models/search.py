@@ -151,7 +151,7 @@ def variants(box: np.ndarray, step: float) -> np.ndarray:
 
 
 def refine(boxes: np.ndarray, x: np.ndarray, embed, centroids: np.ndarray, radii: np.ndarray,
-           near: float = 1.5, step: float = 0.12, rounds: int = 1) -> tuple[np.ndarray, np.ndarray]:
+           near: float = 1.25, step: float = 0.12, rounds: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Windows whose embedding lies within `near` x the radius of its nearest class are nudged towards that
     class: each round tries `variants` of each and keeps the one nearest the class centroid.
 

@@ -95,6 +95,8 @@ class EmbedSettings:
     search_per_class: int = field(default=4, metadata=between(1, 64))  # windows per class and frame, best first
     search_limit: int = field(default=30, metadata=between(1, 1024))   # ... and at most this many per frame
     search_scale: float = field(default=1.0, metadata=between(0.25, 4))  # frame scale for that pass
+    search_refine: int = field(default=0, metadata=between(0, 4))  # rounds moving each window near a class (within
+    #                                                   1.25 radii) towards its centroid: 8 more crops per window a round
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from models.compiled import build_embedder
 from models.detections import Embedder
 from models.proposals import PROPOSAL, box_iou
 from models.sddc import Gate, load_memory, normalize
-from models.search import ClassSearch, dense_map
+from models.search import ClassSearch, dense_map, refine
 from stages.config import ConfigError
 from stages.process import StageProcess, limit_threads
 from stream.messages import ClassUpdate, EndOfStream, FrameDetections, FrameEmbeddings
@@ -23,11 +23,11 @@ class Search:
     """The class search of one embed worker: the classes (the memory file's, then each ClassUpdate's), what
     their boxes look like in the dense map, and the windows it adds to each frame."""
 
-    def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0):
+    def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0):
         if not hasattr(network, "feature_map"):
             raise ConfigError(f"embed.search needs an embedder with a dense feature map (efficientnet_lite0), "
                               f"not {type(network).__name__}")
-        self.network, self.gate, self.finder, self.scale = network, gate, finder, scale
+        self.network, self.gate, self.finder, self.scale, self.refine = network, gate, finder, scale, refine
 
     def update(self, update: ClassUpdate, dim: int) -> str | None:
         """Applies a class snapshot; returns why it cannot be used, or None."""
@@ -70,11 +70,16 @@ def searched(model: Embedder, msg: FrameEmbeddings, search: Search) -> FrameEmbe
     found = search.windows(msg, msg.embeddings)
     if len(found) == 0:
         return msg
+    x = model.embed(crop(msg.image, found))
+    if search.refine:  # nudge windows near a class towards its centroid, a few crops each
+        unit = lambda b: normalize(model.embed(crop(msg.image, b)))  # noqa: E731
+        found, x = refine(found, normalize(x), unit, search.gate.centroids, search.gate.effective_radii(),
+                          rounds=search.refine)
     k = len(found)
     return FrameEmbeddings(msg.frame, np.vstack([msg.xyxy, found]).astype(np.float32),
                            np.concatenate([msg.scores, np.full(k, SEARCH_SCORE, np.float32)]),
                            msg.det_labels + (SEARCH_LABEL,) * k,
-                           np.vstack([msg.embeddings, model.embed(crop(msg.image, found))]),
+                           np.vstack([msg.embeddings, x]),
                            origins=msg.origins + (PROPOSAL,) * k)
 
 
@@ -86,7 +91,7 @@ def build_search(stage: StageProcess, model: Embedder) -> tuple[Search | None, I
     # another runtime (models/compiled.py) wraps the torch model it was exported from: the map comes from that
     network = model if hasattr(model, "feature_map") else getattr(model, "model", model)
     search = Search(network, load_memory(g.memory, g.set_size, g.radius_pool),
-                    ClassSearch(s.search_per_class, s.search_limit), s.search_scale)
+                    ClassSearch(s.search_per_class, s.search_limit), s.search_scale, s.search_refine)
     return search, Inbox(stage.socket("classes"), "embed/classes", (ClassUpdate,))
 
 

@@ -166,3 +166,18 @@ def test_the_embed_key_may_subscribe_to_classes_over_curve(tmp_path):
     assert socket_curve(settings, "embed", "classes", False).server == public("cluster")
     admitted = socket_curve(settings, "cluster", "classes", True).clients
     assert public("embed") in admitted and public("gate") in admitted and public("detect") not in admitted
+
+
+def test_refine_moves_a_window_near_a_class_towards_its_centroid_and_leaves_far_ones():
+    from models.search import refine
+    truth = np.array([100.0, 60.0, 160.0, 140.0])
+
+    def embed(boxes):  # the closer a box to the truth, the closer its embedding to the class's centroid
+        iou = box_iou(boxes, truth[None])[:, 0]
+        return normalize(np.stack([iou, 1 - iou, np.zeros_like(iou)], axis=1) + 1e-3)
+    centroid, radius = np.array([[1.0, 0.0, 0.0]], np.float32), np.array([0.5], np.float32)
+    start = np.array([[110, 66, 170, 146], [300, 10, 340, 50]], np.float32)  # near the object; on background
+    boxes, x = refine(start, embed(start), embed, centroid, radius, near=2.0, rounds=3)
+    assert box_iou(boxes[:1], truth[None]).item() > box_iou(start[:1], truth[None]).item() + 0.1
+    assert boxes[1].tolist() == start[1].tolist()  # too far from every class: not worth crops
+    assert np.allclose(x, embed(boxes), atol=1e-6)
