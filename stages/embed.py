@@ -105,7 +105,9 @@ def run(stage: StageProcess) -> int:
     inbox = stage.inbox(stage.socket("to_embed", hwm=hwm), "embed",
                         (FrameDetections, EndOfStream))
     out = stage.socket("embeddings", hwm=hwm)
-    stage.started(model=s.model, dim=model.dim, runtime=model.runtime, search=s.search)
+    stage.started(model=s.model, dim=model.dim, runtime=model.runtime)
+    if search is not None:
+        stage.log.info("class search on: %d windows per class, at most %d a frame", s.search_per_class, s.search_limit)
 
     def step(batch: list[FrameDetections]) -> list[FrameEmbeddings]:
         while classes is not None and classes.sock.poll(0):  # the newest classes before each batch
