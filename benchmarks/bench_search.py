@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _video_tool():
     """tools/openworld_video.py of this checkout (tools/ is not an installed package)."""
     spec = importlib.util.spec_from_file_location("openworld_video", ROOT / "tools" / "openworld_video.py")
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up there
     spec.loader.exec_module(module)
     return module
 
