@@ -41,16 +41,19 @@ class Search:
 
     def windows(self, msg: FrameDetections | FrameEmbeddings, x: np.ndarray) -> np.ndarray:
         """msg's boxes with their embeddings (N, D) -> (M, 4) windows to embed: the map learns the boxes the
-        classes hold, then proposes; a window over a box already seen as a class is that box, and goes."""
+        classes hold, then proposes; a window over a box of the frame already taken (below) goes."""
         if len(self.gate) == 0:
             return np.zeros((0, 4), np.float32)
         dense = dense_map(self.network, msg.image, self.scale)
         index, _ = self.gate.classify(normalize(x)) if len(x) else (np.zeros(0, np.int64), None)
         self.finder.learn(dense, msg.xyxy, [self.gate.names[i] if i >= 0 else None for i in index])
         found = self.finder.propose(dense)
-        seen = msg.xyxy[index >= 0]
-        if len(found) and len(seen):
-            found = found[box_iou(found, seen).max(axis=1) < 0.5]
+        # A box of the frame that is seen as a class, or a detector or motion box (a tracked object: ByteTrack
+        # would give a window over it that track, and the gate keeps a settled track's box even unseen), is
+        # where the search has nothing to add; only an unseen low-score guess may be bettered.
+        taken = msg.xyxy[(index >= 0) | np.array([o != PROPOSAL for o in msg.origins], bool).reshape(len(index))]
+        if len(found) and len(taken):
+            found = found[box_iou(found, taken).max(axis=1) < 0.5]
         return found
 
 

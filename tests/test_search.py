@@ -181,3 +181,20 @@ def test_refine_moves_a_window_near_a_class_towards_its_centroid_and_leaves_far_
     assert box_iou(boxes[:1], truth[None]).item() > box_iou(start[:1], truth[None]).item() + 0.1
     assert boxes[1].tolist() == start[1].tolist()  # too far from every class: not worth crops
     assert np.allclose(x, embed(boxes), atol=1e-6)
+
+
+def test_no_window_over_a_box_the_frame_already_has_unless_an_unseen_guess():
+    model = Fake()
+    first, box = still_scene(32, 16)
+    gate = Gate.empty(set_size=7)
+    gate.add_members("novel-1", normalize(model.embed([first[16:64, 32:64], first[12:68, 28:68]])), 1.0)
+    search = Search(model, gate, ClassSearch())
+    embed(model, [detections(0, first, box)], search)
+    still, truth = still_scene(160, 96)
+    background = np.array([[0, 0, 40, 40]], np.float32)
+    for origin, added in (("motion", False), ("proposal", True)):  # a tracked region; an unseen low-score guess
+        msg = FrameDetections(Frame("cam", 1, 0.0, still), np.vstack([truth + [0, 0, 24, 0], background]),
+                              np.full(2, 0.3, np.float32), ("object", "object"), origins=(origin, origin))
+        out = embed(model, [msg], search)[0]
+        windows = out.xyxy[[lab == "search" for lab in out.det_labels]]
+        assert (box_iou(windows, truth).max(initial=0) >= 0.5) == added, origin
