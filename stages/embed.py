@@ -16,7 +16,8 @@ from stream.messages import ClassUpdate, EndOfStream, FrameDetections, FrameEmbe
 from stream.sockets import Inbox
 
 SEARCH_LABEL = "search"  # det_label of a searched window (its origin is "proposal": kept only when seen)
-SEARCH_SCORE = 0.0       # below every tracker threshold: a searched window starts no track of its own
+SEARCH_SCORE = 0.0       # below every tracker threshold: a window starts no track (ByteTrack may match it to a
+#                          live one, hence no window over a detector or motion box: Search.windows)
 
 
 class Search:
