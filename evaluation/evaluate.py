@@ -114,29 +114,32 @@ def _read(path: Path) -> np.ndarray:
 
 
 def build_gate(x: np.ndarray, labels: np.ndarray, memory: np.ndarray, seen: list[str], alpha: float,
-               set_size: int, pool: float = RADIUS_POOL) -> Gate:
-    """The class memory, one seen class per seen class name, from its memory images. x: (N, D) normalized."""
+               set_size: int, pool: float = RADIUS_POOL, centre: bool = True) -> Gate:
+    """The class memory, one seen class per seen class name, from its memory images, centred on them as
+    the gallery does (gate.centre). x: (N, D) normalized."""
     gate = Gate.empty(x.shape[1], set_size)
     gate.pool = pool
     for name in seen:
         gate.add_members(name, x[memory & (labels == name)], alpha)
+    if centre:
+        gate.centre_on_seen(alpha)
     return gate
 
 
-def classify(x, labels, memory, seen, alpha, set_size, pool=RADIUS_POOL) -> tuple[Gate, np.ndarray, np.ndarray, np.ndarray]:
+def classify(x, labels, memory, seen, alpha, set_size, pool=RADIUS_POOL, centre=True) -> tuple[Gate, np.ndarray, np.ndarray, np.ndarray]:
     """The gate built from the memory images; per test image (T,) its class index (-1 = unseen),
     predicted name (a seen class or UNKNOWN) and distance."""
-    gate = build_gate(x, labels, memory, seen, alpha, set_size, pool)
+    gate = build_gate(x, labels, memory, seen, alpha, set_size, pool, centre)
     index, distance = gate.classify(x[~memory])
     return gate, index, np.array([gate.names[i] if i >= 0 else UNKNOWN for i in index], object), distance
 
 
 def run(x: np.ndarray, labels: np.ndarray, memory: np.ndarray, seen: list[str], alpha: float, set_size: int,
-        rules: DiscoveryRules, pool: float = RADIUS_POOL) -> dict:
+        rules: DiscoveryRules, pool: float = RADIUS_POOL, centre: bool = True) -> dict:
     """Gate, then label-free clustering of what it flags, over the test images (~memory). x: (N, D) normalized.
     Returns per test image (T,) arrays: pred (class or UNKNOWN), distance, cluster (the discovered class
     discover assigned it to, None = none), plus the names of the classes discovery created and grew."""
-    gate, index, pred, distance = classify(x, labels, memory, seen, alpha, set_size, pool)
+    gate, index, pred, distance = classify(x, labels, memory, seen, alpha, set_size, pool, centre)
     test = x[~memory]
     flagged = np.flatnonzero(index < 0)
     clusters = np.full(len(test), None, object)
@@ -155,15 +158,15 @@ def run(x: np.ndarray, labels: np.ndarray, memory: np.ndarray, seen: list[str], 
     return {"pred": pred, "distance": distance, "cluster": clusters, "new": new, "grown": grown}
 
 
-def sweeps(x, labels, memory, seen, alpha, set_size, cluster, pool=RADIUS_POOL) -> dict:
+def sweeps(x, labels, memory, seen, alpha, set_size, cluster, pool=RADIUS_POOL, centre=True) -> dict:
     """Paper Figs. 6-7 (Sacc, Uacc, H vs alpha; gate only) and Fig. 8 (vs classes per embedding set)."""
     test_seen = np.isin(labels[~memory], seen)
     out = {"alpha": [], "set_size": []}
     for a in np.round(np.linspace(0, 1, 21), 2):
-        pred = classify(x, labels, memory, seen, float(a), set_size, pool)[2]
+        pred = classify(x, labels, memory, seen, float(a), set_size, pool, centre)[2]
         out["alpha"].append({"alpha": float(a), **_accuracies(pred, labels[~memory], test_seen)})
     for s in range(1, 11):
-        r = run(x, labels, memory, seen, alpha, s, cluster, pool)
+        r = run(x, labels, memory, seen, alpha, s, cluster, pool, centre)
         none = [None] * len(test_seen)
         rows = _rows(labels[~memory], test_seen, r, {"oracle": none, "kmeans": none, "oracle_all": none})
         t1 = from_rows(rows, seen)["task1"]
@@ -273,9 +276,9 @@ def evaluate(args, embedder=None) -> int:
     test = np.flatnonzero(~memory)
     true, test_paths = labels[test], [str(paths[i]) for i in test]
     test_seen = np.isin(true, seen)
-    pool = settings.gate.radius_pool
+    pool, centre = settings.gate.radius_pool, settings.gate.centre
     metrics = {"embedder": name, "weights": weights, "options": options, "alpha": alpha, "set_size": set_size,
-               "radius_pool": pool,
+               "radius_pool": pool, "centre": centre,
                "cluster": dataclasses.asdict(settings.cluster), "seed": args.seed,
                "data": str(args.data),
                "seen_classes": seen, "unseen_classes": [c for c in classes if c not in seen],
@@ -283,20 +286,20 @@ def evaluate(args, embedder=None) -> int:
     if args.stream:
         from evaluation.replay import stream
         views = Path(args.view_cache) if args.view_cache else cache.parent / f"views-{tag}.npz"
-        gate = build_gate(x, labels, memory, seen, alpha, set_size, pool)
+        gate = build_gate(x, labels, memory, seen, alpha, set_size, pool, centre)
         rows, found = stream(x, test, true, seen, gate, rules, settings, alpha, args.seed, args.every, args.linger,
                              lambda i: _read(paths[i]), keys, lambda k, load: embed_cached(k, load, make, views))
         for r, p in zip(rows, test_paths):
             r["path"] = p
         metrics.update(found)
     else:
-        result = run(x, labels, memory, seen, alpha, set_size, rules, pool)
+        result = run(x, labels, memory, seen, alpha, set_size, rules, pool, centre)
         flagged = ~test_seen & (result["pred"] == UNKNOWN)
         groups = {"oracle": flagged, "oracle_all": ~test_seen}
         rows = _rows(true, test_seen, result, baselines(x[test], true, groups, args.seed, "oracle"), test_paths)
         metrics.update({"discovered": len(result["new"]), "grown_seen": result["grown"], **from_rows(rows, seen)})
     if args.plots and not args.stream:
-        metrics["sweeps"] = sweeps(x, labels, memory, seen, alpha, set_size, rules, pool)
+        metrics["sweeps"] = sweeps(x, labels, memory, seen, alpha, set_size, rules, pool, centre)
         title = f"{name} {options['input_size']}px" if "input_size" in options else name
         plot(metrics["sweeps"], Path(args.plots), title)
     metrics["seconds"] = {"embed": round(embedded - started, 2), "total": round(time.monotonic() - started, 2)}

@@ -348,7 +348,7 @@ def class_anchors(gate: Gate, per_class: int, near: np.ndarray, top: int = 3) ->
     if len(gate) <= 4 * top:
         chosen = range(len(gate))
     else:
-        d = near @ gate.centroids.T - 0.5 * (gate.centroids ** 2).sum(axis=1)  # larger = nearer
+        d = gate.space(near) @ gate.centroids.T - 0.5 * (gate.centroids ** 2).sum(axis=1)  # larger = nearer
         chosen = np.unique(np.argpartition(-d, top - 1, axis=1)[:, :top])
     parts, owners = [], []
     for i in chosen:

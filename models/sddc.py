@@ -63,6 +63,12 @@ class Gate:
     # 0 (the default) is the paper's per-class radius.
     # A setting, not memory: not saved with the classes.
     pool: float = 0.0
+    # The gate measures distances between embeddings centred on this point and normalized again
+    # (SimpleShot's CL2N): the mean of the seen classes' member means, set by centre_on_seen(); None = not
+    # centred (the paper's gate, and any memory with fewer than two seen classes). Post-ReLU features share
+    # one large mean direction that says nothing about the class; removing it spreads the classes apart.
+    # Centroids and radii live in the centred space; members are kept as given (discovery's space).
+    center: np.ndarray | None = None
     # (centroids, a copy of set_ids, squared centroid norms, slot grid) while the classes are unchanged; see _layout
     _cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -92,16 +98,36 @@ class Gate:
         last = int(self.set_ids.max())
         return last if np.count_nonzero(self.set_ids == last) < self.set_size else last + 1
 
+    def space(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, D) normalized embeddings as the gate measures them: centred on `center` and normalized again."""
+        if self.center is None:
+            return embeddings
+        return normalize(np.asarray(embeddings, np.float32) - self.center)
+
+    def centre_on_seen(self, alpha: float) -> bool:
+        """Centres the gate on the mean of the seen classes' member means (each seen class counts once) and
+        refits every class from its members. Not centred with fewer than two seen classes (one class's own
+        mean would be its centroid). False, and nothing changes, when a class has no members to refit from."""
+        seen = [m for m, d in zip(self.members, self.discovered) if not d and len(m)]
+        if any(len(m) == 0 for m in self.members):
+            return False
+        self.center = np.mean([m.mean(axis=0) for m in seen], axis=0).astype(np.float32) if len(seen) >= 2 else None
+        if len(self):
+            self._edit()
+            for i, m in enumerate(self.members):
+                self.centroids[i], self.radii[i] = centroid_and_radius(self.space(m), alpha)
+        return True
+
     def add_members(self, name: str, members: np.ndarray, alpha: float, discovered: bool = False) -> None:
         """A new class from its member embeddings (M, D), normalized."""
-        centroid, radius = centroid_and_radius(members, alpha)
+        centroid, radius = centroid_and_radius(self.space(members), alpha)
         self.add(name, centroid, radius, len(members), discovered)
         self.members[-1] = members.astype(np.float32)
 
     def grow(self, i: int, members: np.ndarray, alpha: float, keep: int) -> None:
         """Class i absorbs more members; centroid and radius are recomputed from the newest `keep`."""
         pool = np.vstack([self.members[i], members])[-keep:] if len(self.members[i]) else members[-keep:]
-        centroid, radius = centroid_and_radius(pool, alpha)
+        centroid, radius = centroid_and_radius(self.space(pool), alpha)
         self._edit()
         self.centroids[i], self.radii[i] = centroid, radius
         self.sizes[i] += len(members)
@@ -160,6 +186,7 @@ class Gate:
     def classify(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """embeddings: (N, D) normalized -> (class index (N,) int64, -1 = unseen; distance (N,) float32
         to the winning centroid, or to the nearest centroid overall when unseen; inf with no classes).
+        Distances are measured in the gate's space (see `center`).
 
         Distances are float32. One matrix product gives them all up to a rounding bound; those that can
         decide a label (near their set's minimum and their radius, or near the overall minimum) are
@@ -167,7 +194,7 @@ class Gate:
         n, k = len(embeddings), len(self)
         if k == 0 or n == 0:
             return np.full(n, -1, np.int64), np.full(n, np.inf, np.float32)
-        e = np.ascontiguousarray(embeddings, np.float32)
+        e = np.ascontiguousarray(self.space(embeddings), np.float32)
         norms, slots = self._layout()  # (K,) squared centroid norms; (W, S) class per slot and set, K pads
         radii = self.effective_radii()  # (K,) the classes' own radii unless pooled
         radii2 = np.append(radii ** 2, np.float32(-1))[slots]  # (W, S)
@@ -225,6 +252,15 @@ class Gate:
         return [self.names[i] if i >= 0 else UNSEEN for i in index]
 
 
+def gate_of_snapshot(snapshot, set_size: int, pool: float = RADIUS_POOL) -> Gate:
+    """A gate holding exactly a class snapshot's classes (anything with the columns of stream.messages.ClassUpdate:
+    names, centroids, radii, sizes, set_ids, center — a (0,) center means not centred); no members."""
+    center = np.asarray(snapshot.center, np.float32)
+    return Gate(list(snapshot.names), snapshot.centroids.astype(np.float32), snapshot.radii.astype(np.float32),
+                snapshot.sizes.astype(np.int64), snapshot.set_ids.astype(np.int64), set_size, pool=pool,
+                center=center if len(center) else None)
+
+
 def _squared_distances(e: np.ndarray, c: np.ndarray, cc: np.ndarray, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """e (N, D), c (K, D) float32, cc (K,) their squared norms -> ||e - c||^2 (K + 1, N) from a matrix
     product, the last row inf (padding), and (N,) a bound on its float32 rounding error with a wide
@@ -275,7 +311,8 @@ def save_gate(gate: Gate, path: str | Path) -> None:
         members = {f"members_{i}": m.astype(np.float16) for i, m in enumerate(gate.members)}
         np.savez(f, format=np.int64(MEMORY_FORMAT), names=np.array(gate.names, dtype=np.str_),
                  centroids=gate.centroids, radii=gate.radii, sizes=gate.sizes, set_ids=gate.set_ids,
-                 set_size=np.int64(gate.set_size), discovered=np.array(gate.discovered, bool), **members)
+                 set_size=np.int64(gate.set_size), discovered=np.array(gate.discovered, bool), **members,
+                 **({} if gate.center is None else {"center": gate.center.astype(np.float32)}))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -292,6 +329,8 @@ def load_gate(path: str | Path) -> Gate:
                         z["set_ids"].astype(np.int64), int(z["set_size"]))
             if "discovered" in z.files:
                 gate.discovered = [bool(v) for v in z["discovered"]]
+            if "center" in z.files:  # written since the gate centres on its seen classes; older files are not centred
+                gate.center = z["center"].astype(np.float32)
             gate.members = [z[f"members_{i}"].astype(np.float32) if f"members_{i}" in z.files
                             else np.zeros((0, gate.centroids.shape[1]), np.float32) for i in range(len(gate.names))]
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
@@ -306,6 +345,9 @@ def load_gate(path: str | Path) -> Gate:
     k = len(gate.names)
     if gate.centroids.shape[0] != k or any(len(a) != k for a in (gate.radii, gate.sizes, gate.set_ids, gate.discovered)):
         raise ValueError(f"class memory {path} is inconsistent: {k} names but other columns disagree")
+    if gate.center is not None and (gate.center.shape != gate.centroids.shape[1:] or not np.isfinite(gate.center).all()):
+        raise ValueError(f"class memory {path} has a centre of shape {gate.center.shape} for classes of dim "
+                         f"{gate.centroids.shape[1]}, or one that is not finite")
     return gate
 
 

@@ -27,7 +27,8 @@ def save_examples(folder: Path, thumbs: list[np.ndarray], limit: int) -> None:
 
 
 def snapshot(gate: Gate, version: int) -> ClassUpdate:
-    return ClassUpdate(version, tuple(gate.names), gate.centroids, gate.radii, gate.sizes, gate.set_ids)
+    center = np.zeros(0, np.float32) if gate.center is None else gate.center
+    return ClassUpdate(version, tuple(gate.names), gate.centroids, gate.radii, gate.sizes, gate.set_ids, center)
 
 
 def run(stage: StageProcess) -> int:

@@ -105,6 +105,8 @@ class GateSettings:
     set_size: int = field(default=7, metadata=at_least(1))      # classes per embedding set (SKZC)
     radius_pool: float = field(default=0.0, metadata=between(0, 1))  # radii shrunk this share towards the
     #                                                  classes' median (0 = the paper's own radius per class)
+    centre: bool = True          # measure on embeddings centred on the seen classes' mean (CL2N), set when seen
+    #                              classes are built (gallery, evaluate.py); false = the paper's uncentred gate
     memory: str | None = None    # class memory file loaded at start
     track: bool = True           # track boxes (ByteTrack) and vote labels per track
     vote_window: int = field(default=15, metadata=at_least(1))  # decisions per track the vote looks at

@@ -36,14 +36,17 @@ def read_gallery(folder: Path) -> dict[str, list[np.ndarray]]:
 
 
 def build(gate: Gate, embedder: Embedder, classes: dict[str, list[np.ndarray]], alpha: float,
-          keep: int = 256) -> list[str]:
+          keep: int = 256, centre: bool = True) -> list[str]:
     """Adds (or replaces) one class per gallery folder the way discovery builds a class: centroid and
     radius from its images' embeddings, the newest `keep` kept as members (so it anchors clustering).
-    Gallery classes are seen classes: a person defined them, discovery never grows them."""
+    Gallery classes are seen classes: a person defined them, discovery never grows them. With `centre`
+    the gate is then centred on the seen classes (gate.centre; every class refitted from its members)."""
     for name, images in classes.items():
         if name in gate.names:
             gate.remove(name)
         gate.add_members(name, normalize(embedder.embed(images))[-keep:], alpha, discovered=False)
+    if centre:
+        gate.centre_on_seen(alpha)
     return list(classes)
 
 
@@ -57,7 +60,7 @@ def main(settings: Settings, folder: str) -> int:
     except (ConfigError, ModelError, MemoryFileError) as exc:
         print(f"owd gallery: {exc}", file=sys.stderr)
         return 2
-    names = build(gate, embedder, classes, g.alpha, settings.cluster.max_members)
+    names = build(gate, embedder, classes, g.alpha, settings.cluster.max_members, g.centre)
     save_gate(gate, g.memory)
     crops = settings.crops_dir
     for name in names:

@@ -9,7 +9,7 @@ import zmq
 
 from models.boxes import crop, example, pack
 from models.openworld import TrackAges, explained, feeds, fragments
-from models.sddc import UNSEEN, Gate, load_memory, normalize
+from models.sddc import UNSEEN, Gate, gate_of_snapshot, load_memory, normalize
 from models.tracks import BoxTracker, LabelVotes
 from stages.config import ConfigError
 from stages.process import StageProcess
@@ -56,8 +56,7 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
 
 def apply_update(update: ClassUpdate, set_size: int, pool: float) -> Gate:
     """The gate's classes become exactly the update's (the cluster stage owns the class memory)."""
-    return Gate(list(update.names), update.centroids.astype(np.float32), update.radii.astype(np.float32),
-                update.sizes.astype(np.int64), update.set_ids.astype(np.int64), set_size, pool=pool)
+    return gate_of_snapshot(update, set_size, pool)
 
 
 class Relay:

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 
 from stages.config import Settings
-from stream.sources import IMAGE_SUFFIXES, is_live
+from stream.sources import IMAGE_SUFFIXES, is_live, save_paths
 
 READ_EVERY_S = 0.5   # the sink rewrites the status file about this often
 LINE_EVERY_S = 5.0   # live mode, or stderr not a terminal: one status line this often
@@ -53,12 +53,11 @@ def _shown(path: str | None) -> str:
     return path if rel.startswith("..") else rel
 
 
-def _videos(save: str | None, sources: int) -> str:
-    """The annotated video, or with several sources the pattern of their files (stages/window.py: save_paths)."""
-    if not save or sources < 2:
+def _videos(save: str | None, sources: list[str]) -> str:
+    """The annotated video, or with several sources each source's file."""
+    if not save or len(sources) < 2:
         return _shown(save)
-    stem, suffix = os.path.splitext(_shown(save))
-    return f"{stem}-*{suffix} (one per source)"
+    return ", ".join(_shown(p) for p in save_paths(save, sources).values()) + " (one per source)"
 
 
 class Progress:
@@ -146,7 +145,7 @@ class Progress:
                             f"rejected messages {st.get('rejected', 0)}"),
                 ("classes", f"{len(st.get('classes', []))}" + (f"  ({', '.join(st['classes'])})"
                                                                 if st.get("classes") else "")),
-                ("events", _shown(sink.events)), ("video", _videos(sink.save, len(self.settings.capture.source)))]
+                ("events", _shown(sink.events)), ("video", _videos(sink.save, list(self.settings.capture.source)))]
         out = out or sys.stdout
         for key, value in rows:
             print(f"  {key:<8} {value}", file=out)

@@ -7,6 +7,7 @@ import time
 
 from owd import __version__
 from stages.config import Settings
+from stream.sources import save_paths
 
 STATUS_EVERY_S = 0.5
 
@@ -16,7 +17,13 @@ def run_started(settings: Settings) -> dict:
     return {"type": "run_started", "ts": time.time(), "version": __version__, "source": s.capture.source,
             "models": {"detector": s.detect.model, "embedder": s.embed.model,
                        "detector_weights": s.detect.weights, "embedder_weights": s.embed.weights},
-            "config_digest": s.digest(), "outputs": {"events": s.sink.events, "save": s.sink.save}}
+            "config_digest": s.digest(), "outputs": outputs(s.sink, s.capture.source)}
+
+
+def outputs(sink, sources) -> dict:
+    """Where the run writes: the event log, the --save path and each source's annotated video."""
+    videos = save_paths(sink.save, list(sources)) if sink.save else {}
+    return {"events": sink.events, "save": sink.save, "videos": videos}
 
 
 class Tally:
@@ -80,4 +87,4 @@ class Tally:
     def summary(self, duplicates: int, rejected: int, reason: str) -> dict:
         s = self.settings.sink
         return {"type": "run_summary", "ts": time.time(), **self.counts(duplicates, rejected), "reason": reason,
-                "outputs": {"events": s.events, "save": s.save}}
+                "outputs": outputs(s, self.settings.capture.source)}

@@ -6,7 +6,6 @@ import ctypes.util
 import importlib.util
 import logging
 import os
-import re
 import threading
 from collections import deque
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from stream.messages import LabeledFrame
 from stream.overlay import ClassBook, Overlay, cell_size, mosaic
+from stream.sources import save_paths
 
 
 def display_reachable(display: str, timeout_s: float = 10.0) -> bool:
@@ -56,24 +56,6 @@ def waiting_screen(text: str = "loading models...") -> np.ndarray:
     cv2.putText(image, text, ((640 - tw) // 2, (360 + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2,
                 cv2.LINE_AA)
     return image
-
-
-def save_paths(save: str, sources: list[str]) -> dict[str, str]:
-    """Where each source's annotated video goes: `save` itself for one source; for several,
-    STEM-NAME.EXT beside it (NAME: the source's file or folder name without suffix, made safe, with
-    -2, -3, ... when two sources share one)."""
-    if len(sources) <= 1:
-        return {s: save for s in sources or [""]}
-    path, out, used = Path(save), {}, set()
-    for source in sources:
-        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.rstrip("/")).stem or "source").strip("._") or "source"
-        name, k = tag, 1
-        while name in used:
-            k += 1
-            name = f"{tag}-{k}"
-        used.add(name)
-        out[source] = str(path.with_name(f"{path.stem}-{name}{path.suffix}"))
-    return out
 
 
 class Display:

@@ -271,6 +271,9 @@ class ClassUpdate:
     radii: np.ndarray        # (K,) float32
     sizes: np.ndarray        # (K,) int64, member count
     set_ids: np.ndarray      # (K,) int64, embedding set each class belongs to
+    # (D,) float32: the point the gate centres embeddings on before measuring (models.sddc.Gate.center);
+    # (0,) = not centred. A sender from before the field omits it and means the same.
+    center: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     def __post_init__(self):
         _int(self, "version", self.version, 0, VERSION_MAX)
@@ -284,6 +287,9 @@ class ClassUpdate:
         _array(self, "set_ids", "i", (k,), 0)
         if k and d < 1:
             raise ValueError("ClassUpdate needs centroids of dimension D >= 1")
+        c = _array(self, "center", "f", (None,), -FINITE, FINITE)
+        if len(c) and len(c) != d:
+            raise ValueError(f"ClassUpdate.center has {len(c)} values for centroids of dimension {d}")
 
     def __len__(self) -> int:
         return len(self.names)

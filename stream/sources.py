@@ -1,6 +1,7 @@
 """Frame sources: video file, image folder, webcam index, RTSP/HTTP URL; live sources keep the freshest frame."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -159,3 +160,20 @@ class LiveSource:
         self._thread.join(timeout=2.0)
         self.cap.release()
 
+
+def save_paths(save: str, sources: list[str]) -> dict[str, str]:
+    """Where each source's annotated video goes: `save` itself for one source; for several,
+    STEM-NAME.EXT beside it (NAME: the source's file or folder name without suffix, made safe, with
+    -2, -3, ... when two sources share one)."""
+    if len(sources) <= 1:
+        return {s: save for s in sources or [""]}
+    path, out, used = Path(save), {}, set()
+    for source in sources:
+        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.rstrip("/")).stem or "source").strip("._") or "source"
+        name, k = tag, 1
+        while name in used:
+            k += 1
+            name = f"{tag}-{k}"
+        used.add(name)
+        out[source] = str(path.with_name(f"{path.stem}-{name}{path.suffix}"))
+    return out

@@ -206,6 +206,21 @@ def test_progress_reads_the_status_file_and_prints_a_summary(tmp_path, tty):
     assert "abc stopped" in summary and "12 of 40" in summary and "novel-1" in summary and "e.jsonl" in summary
 
 
+def test_with_several_sources_the_summary_names_each_annotated_video(tmp_path):
+    from stages.tally import run_started
+    sources = [str(tmp_path / "a" / "vtest.avi"), str(tmp_path / "b" / "bikes.mp4")]
+    settings = load(None, {"capture.source": sources, "sink.status": str(tmp_path / "status.json"),
+                           "sink.events": str(tmp_path / "e.jsonl"), "sink.save": str(tmp_path / "annotated.mp4")})
+    want = {sources[0]: str(tmp_path / "annotated-vtest.mp4"), sources[1]: str(tmp_path / "annotated-bikes.mp4")}
+    v = validator()
+    for rec in (run_started(settings), Tally(settings).summary(0, 0, "end")):
+        assert rec["outputs"]["videos"] == want and v.is_valid({**rec, "run": "abc"}), rec  # the sink adds "run"
+    out = io.StringIO()
+    Progress(settings, total=None, stream=io.StringIO()).finish(0, out=out)
+    line = next(x for x in out.getvalue().splitlines() if x.strip().startswith("video"))
+    assert "annotated-vtest.mp4" in line and "annotated-bikes.mp4" in line and "*" not in line
+
+
 def test_the_last_status_line_gives_the_whole_runs_rate_not_the_drains(tmp_path):
     """A drain adds no frames: the final line's rate is frames over the whole run, never 0.0."""
     status = tmp_path / "status.json"
@@ -239,7 +254,8 @@ def test_owd_run_from_another_folder_writes_runs_and_prints_the_summary(bikes_vi
     assert recs[0]["type"] == "run_started" and recs[-1]["type"] == "run_summary"
     assert len({r["run"] for r in recs}) == 1 and recs[0]["source"] == [str(tmp_path / "clip.mp4")]
     assert recs[-1]["frames"] == 12 and sorted(r["frame"] for r in recs if r["type"] == "frame") == list(range(12))
-    assert recs[0]["outputs"] == {"events": str(folder / "events.jsonl"), "save": str(folder / "annotated.mp4")}
+    assert recs[0]["outputs"] == {"events": str(folder / "events.jsonl"), "save": str(folder / "annotated.mp4"),
+                                  "videos": {str(tmp_path / "clip.mp4"): str(folder / "annotated.mp4")}}
 
     again = owd(*args, "--events", "runs/run/events.jsonl", cwd=tmp_path, timeout=400)  # appends to the first log
     assert again.returncode == 0, again.stderr[-3000:]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from models.sddc import UNSEEN, Gate, centroid_and_radius, load_gate, normalize, save_gate
+from stream.wire import decode, encode
 
 
 def test_centroid_and_radius_by_hand():
@@ -190,3 +191,73 @@ def test_centroids_cannot_be_edited_behind_the_gates_back():
         gate.centroids[0] = 0.0  # would leave the kept norms stale
     gate.grow(0, gate.centroids[:1].copy(), 0.75, 256)  # the class methods may
     assert gate.classify(gate.centroids[:1].copy())[0].tolist() == [0]
+
+
+def shared_direction_classes() -> tuple[Gate, np.ndarray, np.ndarray]:
+    """Two classes whose embeddings share one large common direction (as post-ReLU features do) and
+    differ in a small one (+1 / -1); members (M, 3) each."""
+    rng = np.random.default_rng(0)
+    a = normalize(np.c_[np.full(20, 10.0), 1 + 0.05 * rng.normal(size=20), 0.3 * rng.normal(size=20)])
+    b = normalize(np.c_[np.full(20, 10.0), -1 + 0.05 * rng.normal(size=20), 0.3 * rng.normal(size=20)])
+    gate = Gate.empty(3)
+    gate.add_members("a", a, 0.75)
+    gate.add_members("b", b, 0.75)
+    return gate, a, b
+
+
+def test_centring_on_the_seen_classes_ignores_their_shared_direction():
+    gate, a, b = shared_direction_classes()
+    probe = normalize(np.float32([[10, 2, 0], [10, -2, 0]]))  # a and b, further from the shared direction
+    assert gate.labels(gate.classify(probe)[0]) == ["unseen", "unseen"]  # uncentred: outside both radii
+    assert gate.centre_on_seen(0.75)
+    np.testing.assert_allclose(gate.center, (a.mean(0) + b.mean(0)) / 2, rtol=1e-6)
+    for i, m in enumerate((a, b)):  # refitted in the centred space
+        c, r = centroid_and_radius(normalize(m - gate.center), 0.75)
+        np.testing.assert_allclose(gate.centroids[i], c, rtol=1e-5)
+        assert gate.radii[i] == pytest.approx(r, rel=1e-5)
+    assert gate.labels(gate.classify(probe)[0]) == ["a", "b"]
+    np.testing.assert_array_equal(gate.members[0], a)  # members stay as given: discovery's space
+    gate.add_members("c", normalize(np.float32([[10, 0, 3], [10, 0, 2.5]])), 1.0)  # joins in the centred space
+    assert gate.labels(gate.classify(normalize(np.float32([[10, 0, 2.8]])))[0]) == ["c"]
+
+
+def test_centring_needs_two_seen_classes_with_members():
+    gate, a, _ = shared_direction_classes()
+    gate.discovered[1] = True  # one seen class: its own mean would be its centroid
+    assert gate.centre_on_seen(0.75) and gate.center is None
+    np.testing.assert_allclose(gate.centroids[0], a.mean(0), rtol=1e-6)
+    gate, _, _ = shared_direction_classes()
+    gate.add("bare", normalize(np.float32([[0, 1, 1]]))[0], 0.1, 3)  # no members: cannot be refitted
+    before = gate.centroids.copy()
+    assert not gate.centre_on_seen(0.75)
+    assert gate.center is None
+    np.testing.assert_array_equal(gate.centroids, before)
+
+
+def test_memory_keeps_its_centre(tmp_path):
+    gate, _, _ = shared_direction_classes()
+    gate.centre_on_seen(0.75)
+    save_gate(gate, tmp_path / "m.npz")
+    back = load_gate(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.center, gate.center)
+    probe = normalize(np.float32([[10, 2, 0], [10, -2, 0], [0, 1, 1]]))
+    np.testing.assert_array_equal(back.classify(probe)[0], gate.classify(probe)[0])
+    save_gate(two_classes(), tmp_path / "old.npz")  # written without a centre, as before it existed
+    assert load_gate(tmp_path / "old.npz").center is None
+    with np.load(tmp_path / "m.npz") as z:
+        bad = {k: z[k] for k in z.files}
+    np.savez(tmp_path / "bad.npz", **{**bad, "center": np.float32([1, 2])})
+    with pytest.raises(ValueError, match="centre of shape"):
+        load_gate(tmp_path / "bad.npz")
+
+
+def test_the_gate_stage_classifies_as_the_cluster_stages_memory_does():
+    from stages.cluster import snapshot
+    from stages.gate import apply_update
+    gate, _, _ = shared_direction_classes()
+    gate.centre_on_seen(0.75)
+    update = decode(encode(snapshot(gate, 4)))  # the class update as the gate stage receives it
+    seen_by_stage = apply_update(update, gate.set_size, 0.0)
+    probe = normalize(np.float32([[10, 2, 0], [10, -2, 0], [0, 1, 1], [10, 0, 0]]))
+    np.testing.assert_array_equal(seen_by_stage.classify(probe)[0], gate.classify(probe)[0])
+    assert seen_by_stage.labels(seen_by_stage.classify(probe)[0])[:2] == ["a", "b"]  # fails if the centre is lost

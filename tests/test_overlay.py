@@ -11,7 +11,7 @@ import supervision as sv
 
 from conftest import frame_fields
 from stages.sink import Hud
-from stages.window import save_paths
+from stream.sources import save_paths
 from stream.messages import Frame, LabeledFrame
 from stream.overlay import (PALETTE, UNSEEN, ClassBook, Overlay, boxes_overlap, cell_size, contrast, grid, ink, mosaic,
                             place_labels)

@@ -40,6 +40,8 @@ CASES = {
     "unseen-thumbs": UnseenBatch("s", 5, np.ones((2, 8), np.float32), np.array([1, -1]), np.zeros((2, 4, 4, 3), np.uint8)),
     "classes": ClassUpdate(2, ("novel-1", "novel-2"), np.eye(2, 8, dtype=np.float32), np.array([0.1, 0.2], np.float32),
                            np.array([9, 12]), np.array([0, 0])),
+    "classes-centred": ClassUpdate(3, ("a", "b"), np.eye(2, 8, dtype=np.float32), np.array([0.1, 0.2], np.float32),
+                                   np.array([9, 12]), np.array([0, 0]), np.full(8, 0.25, np.float32)),
     "classes-empty": ClassUpdate(0, (), np.zeros((0, 8), np.float32), np.zeros(0, np.float32),
                                  np.zeros(0, np.int64), np.zeros(0, np.int64)),
     "classes-newest-version": ClassUpdate(2 ** 53 - 1, (), np.zeros((0, 0), np.float32), np.zeros(0, np.float32),
@@ -237,6 +239,10 @@ INVALID = {  # contents a message refuses when it is built, in-process or by the
                                             np.ones(1, np.int64), np.zeros(1, np.int64)),
     "class columns disagree": lambda: ClassUpdate(1, ("a",), np.ones((2, 8), np.float32), np.ones(1, np.float32),
                                                   np.ones(1, np.int64), np.zeros(1, np.int64)),
+    "class centre of another dim": lambda: ClassUpdate(1, ("a",), np.ones((1, 8), np.float32), np.ones(1, np.float32),
+                                                       np.ones(1, np.int64), np.zeros(1, np.int64), np.ones(4, np.float32)),
+    "class centre NaN": lambda: ClassUpdate(1, ("a",), np.ones((1, 8), np.float32), np.ones(1, np.float32),
+                                            np.ones(1, np.int64), np.zeros(1, np.int64), np.full(8, np.nan, np.float32)),
     "event ts NaN": lambda: Event({"type": "x", "ts": float("nan")}),
     "event without type": lambda: Event({"ts": 1.0}),
     "end frames negative": lambda: EndOfStream("s", -1),
@@ -302,3 +308,12 @@ def test_box_columns_must_agree():
     with pytest.raises(ValueError, match="rows"):
         FrameDetections(Frame(**frame_fields()), xyxy=np.zeros((2, 4), np.float32), scores=np.zeros(3, np.float32),
                         det_labels=("a", "b"))
+
+
+def test_a_class_update_from_a_sender_without_centres_decodes_uncentred():
+    header, *buffers = encode(CASES["classes"])
+    h = json.loads(header)
+    keep = [i for i, a in enumerate(h["arrays"]) if a["name"] != "center"]
+    h["arrays"] = [h["arrays"][i] for i in keep]
+    back = decode([json.dumps(h).encode()] + [buffers[i] for i in keep])
+    assert back.center.shape == (0,) and back.names == ("novel-1", "novel-2")
