@@ -158,13 +158,14 @@ def main() -> int:
             cands["class search"] = (boxes, np.zeros(len(boxes), bool), time.perf_counter() - t)
             if args.refine:
                 t = time.perf_counter()
-                x0 = normalize(embedder.embed(crop(image, boxes))) if len(boxes) else np.zeros((0, embedder.dim))
                 tried = []  # refining windows embeds their variants too
 
                 def embed_boxes(b: np.ndarray) -> np.ndarray:
                     tried.append(len(b))
-                    return normalize(embedder.embed(crop(image, b)))
-                refined, _ = refine(boxes, x0, embed_boxes, gate.centroids, gate.radii, args.near, rounds=args.refine)
+                    return embedder.embed(crop(image, b))
+                refined, _ = refine(boxes, embedder.embed(crop(image, boxes)), embed_boxes,
+                                    lambda v: gate.space(normalize(v)), gate.centroids, gate.radii, args.near,
+                                    rounds=args.refine)
                 extra["class search, refined"] += sum(tried)
                 cands["class search, refined"] = (refined, np.zeros(len(refined), bool),
                                                   cands["class search"][2] + time.perf_counter() - t)

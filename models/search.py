@@ -150,17 +150,18 @@ def variants(box: np.ndarray, step: float) -> np.ndarray:
                      [x1, y1 - dy, x2, y2 + dy], [x1, y1 + dy, x2, y2 - dy]], np.float32)
 
 
-def refine(boxes: np.ndarray, x: np.ndarray, embed, centroids: np.ndarray, radii: np.ndarray,
+def refine(boxes: np.ndarray, x: np.ndarray, embed, space, centroids: np.ndarray, radii: np.ndarray,
            near: float = 1.25, step: float = 0.12, rounds: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Windows whose embedding lies within `near` x the radius of its nearest class are nudged towards that
     class: each round tries `variants` of each and keeps the one nearest the class centroid.
 
-    boxes (M, 4), x (M, D) their unit embeddings; embed(boxes (P, 4)) -> (P, D) unit embeddings.
-    Returns the boxes and embeddings, refined where it helped."""
+    boxes (M, 4) and x (M, D) their embeddings as the embedder gives them; embed(boxes (P, 4)) -> (P, D)
+    likewise; space(x) -> the gate's unit vectors, where centroids (K, D) and radii (K,) live.
+    Returns the boxes and their embeddings, refined where it helped."""
     boxes, x = boxes.copy(), x.copy()
     if len(boxes) == 0 or len(centroids) == 0:
         return boxes, x
-    dist = np.linalg.norm(x[:, None] - centroids[None], axis=2)  # (M, K)
+    dist = np.linalg.norm(space(x)[:, None] - centroids[None], axis=2)  # (M, K)
     cls = dist.argmin(axis=1)
     best = dist[np.arange(len(x)), cls]
     todo = np.flatnonzero(best <= near * radii[cls])
@@ -168,12 +169,12 @@ def refine(boxes: np.ndarray, x: np.ndarray, embed, centroids: np.ndarray, radii
         if len(todo) == 0:
             break
         cand = np.concatenate([variants(boxes[i], step) for i in todo])  # (8 T, 4)
-        e = embed(cand).reshape(len(todo), 8, -1)
-        d = np.linalg.norm(e - centroids[cls[todo]][:, None], axis=2)  # (T, 8)
+        raw = embed(cand)  # (8 T, D)
+        d = np.linalg.norm(space(raw).reshape(len(todo), 8, -1) - centroids[cls[todo]][:, None], axis=2)  # (T, 8)
         j = d.argmin(axis=1)
         better = d[np.arange(len(todo)), j] < best[todo]
-        for i, jj, ok, row in zip(todo, j, better, range(len(todo))):
+        for row, (i, jj, ok) in enumerate(zip(todo, j, better)):
             if ok:
-                boxes[i], x[i], best[i] = cand[row * 8 + jj], e[row, jj], d[row, jj]
+                boxes[i], x[i], best[i] = cand[row * 8 + jj], raw[row * 8 + jj], d[row, jj]
         todo = todo[better]
     return boxes, x

@@ -8,7 +8,7 @@ from models.boxes import crop
 from models.compiled import build_embedder
 from models.detections import Embedder
 from models.proposals import PROPOSAL, box_iou
-from models.sddc import Gate, load_memory, normalize
+from models.sddc import Gate, gate_of_snapshot, load_memory, normalize
 from models.search import ClassSearch, dense_map, refine
 from stages.config import ConfigError
 from stages.process import StageProcess, limit_threads
@@ -34,9 +34,7 @@ class Search:
         """Applies a class snapshot; returns why it cannot be used, or None."""
         if len(update) and update.centroids.shape[1] != dim:
             return f"class update of dim {update.centroids.shape[1]}, this embedder's is {dim}"
-        self.gate = Gate(list(update.names), update.centroids.astype(np.float32), update.radii.astype(np.float32),
-                         update.sizes.astype(np.int64), update.set_ids.astype(np.int64), self.gate.set_size,
-                         pool=self.gate.pool)
+        self.gate = gate_of_snapshot(update, self.gate.set_size, self.gate.pool)  # as the gate stage's, centre included
         self.finder.forget_except(set(self.gate.names))
         return None
 
@@ -76,9 +74,9 @@ def searched(model: Embedder, msg: FrameEmbeddings, search: Search) -> FrameEmbe
         return msg
     x = model.embed(crop(msg.image, found))
     if search.refine:  # nudge windows near a class towards its centroid, a few crops each
-        unit = lambda b: normalize(model.embed(crop(msg.image, b)))  # noqa: E731
-        found, x = refine(found, normalize(x), unit, search.gate.centroids, search.gate.effective_radii(),
-                          rounds=search.refine)
+        gate = search.gate
+        found, x = refine(found, x, lambda b: model.embed(crop(msg.image, b)), lambda v: gate.space(normalize(v)),
+                          gate.centroids, gate.effective_radii(), rounds=search.refine)
     k = len(found)
     return FrameEmbeddings(msg.frame, np.vstack([msg.xyxy, found]).astype(np.float32),
                            np.concatenate([msg.scores, np.full(k, SEARCH_SCORE, np.float32)]),

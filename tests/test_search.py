@@ -115,6 +115,9 @@ def test_search_refuses_updates_of_another_dim_and_embedders_without_a_map():
     bad = ClassUpdate(1, ("a",), np.ones((1, 5), np.float32), np.ones(1, np.float32), np.ones(1, np.int64),
                       np.zeros(1, np.int64))
     assert "dim 5" in search.update(bad, 3)
+    centred = ClassUpdate(2, ("a",), np.ones((1, 3), np.float32), np.ones(1, np.float32), np.ones(1, np.int64),
+                          np.zeros(1, np.int64), center=np.full(3, 0.5, np.float32))
+    assert search.update(centred, 3) is None and search.gate.center.tolist() == [0.5] * 3  # measured as the gate does
     with pytest.raises(ConfigError, match="embed.search"):
         Search(object(), Gate.empty(), ClassSearch())
 
@@ -177,7 +180,7 @@ def test_refine_moves_a_window_near_a_class_towards_its_centroid_and_leaves_far_
         return normalize(np.stack([iou, 1 - iou, np.zeros_like(iou)], axis=1) + 1e-3)
     centroid, radius = np.array([[1.0, 0.0, 0.0]], np.float32), np.array([0.5], np.float32)
     start = np.array([[110, 66, 170, 146], [300, 10, 340, 50]], np.float32)  # near the object; on background
-    boxes, x = refine(start, embed(start), embed, centroid, radius, near=2.0, rounds=3)
+    boxes, x = refine(start, embed(start), embed, lambda v: v, centroid, radius, near=2.0, rounds=3)
     assert box_iou(boxes[:1], truth[None]).item() > box_iou(start[:1], truth[None]).item() + 0.1
     assert boxes[1].tolist() == start[1].tolist()  # too far from every class: not worth crops
     assert np.allclose(x, embed(boxes), atol=1e-6)
