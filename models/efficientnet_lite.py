@@ -14,6 +14,7 @@ from models.weights import load_strict, packaged, read_checkpoint
 _WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # The TF-Lite models were trained on (x - 127) / 128 inputs, RGB.
 MEAN, STD = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)
+_DENSE_BLOCKS = 11  # blocks 0-10: the network up to its last stride-16 stage (112 channels)
 
 
 def packaged_weights() -> Path:
@@ -31,6 +32,7 @@ class _Pooled(torch.nn.Module):
 
 class EfficientNetLite0:
     dim = 1280
+    stride = 16  # pixels of the input per cell of feature_map
     mean, std = MEAN, STD
 
     def __init__(self, path: Path, device: str = "cpu", precision: str = "auto", input_size: int = 224,
@@ -50,6 +52,20 @@ class EfficientNetLite0:
         with autocast(self.device, self.precision, matmul_heavy=False):  # depthwise convs: bf16 pays off sooner
             fmap = self.model.extract_features(x.to(self.device, memory_format=torch.channels_last))  # (B,1280,s,s)
         return fmap.float().mean(dim=(2, 3))
+
+    @torch.inference_mode()
+    def feature_map(self, image: np.ndarray) -> np.ndarray:
+        """image: BGR uint8 (H, W, 3), any size -> (112, ~H/16, ~W/16) float32: the output of the
+        last stride-16 block, a dense map of the whole frame for models/search.py (its windows find
+        ~80 px objects far better than the 1280-d map at stride 32: docs/box-predictor.md)."""
+        x = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1], np.float32))  # (H, W, 3) RGB
+        x = ((x - torch.tensor(MEAN)) / torch.tensor(STD)).permute(2, 0, 1)[None]  # (1, 3, H, W)
+        net = self.model
+        with autocast(self.device, self.precision, matmul_heavy=False):
+            x = net._swish(net._bn0(net._conv_stem(x.to(self.device, memory_format=torch.channels_last))))
+            for block in net._blocks[:_DENSE_BLOCKS]:  # no drop-connect at inference
+                x = block(x)  # (1, 112, H/16, W/16) after the last
+        return x[0].float().cpu().numpy()
 
     def network(self) -> torch.nn.Module:
         """The fp32 network of `features`, for export to another runtime (models/compiled.py)."""

@@ -87,6 +87,16 @@ class EmbedSettings:
     runtime: Runtime = "auto"
     options: dict[str, Any] = field(default_factory=dict)
     workers: int = field(default=1, metadata=between(1, 64))  # local embed processes (more may join: --only embed)
+    # The updated box predictor (models/search.py, docs/box-predictor.md): per frame one more pass of the embedder's
+    # network over the whole frame, windows ranked by what each discovered class's boxes look like in that map,
+    # the best embedded like any box (origin "proposal", det_label "search": the gate keeps those it sees as a
+    # class). Finds still objects of discovered classes no detector box covers; off by default (cost below).
+    search: bool = False
+    search_per_class: int = field(default=4, metadata=between(1, 64))  # windows per class and frame, best first
+    search_limit: int = field(default=30, metadata=between(1, 1024))   # ... and at most this many per frame
+    search_scale: float = field(default=1.0, metadata=between(0.25, 4))  # frame scale for that pass
+    search_refine: int = field(default=0, metadata=between(0, 4))  # rounds moving each window near a class (within
+    #                                                   1.25 radii) towards its centroid: 8 more crops per window a round
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Embed stage: crops every detected box and embeds the crops of several frames in one batch."""
+"""Embed stage: crops every detected box and embeds the crops of several frames in one batch; with
+embed.search, adds the windows of each frame that look like a discovered class (models/search.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,11 +7,56 @@ import numpy as np
 from models.boxes import crop
 from models.compiled import build_embedder
 from models.detections import Embedder
+from models.proposals import PROPOSAL, box_iou
+from models.sddc import Gate, gate_of_snapshot, load_memory, normalize
+from models.search import ClassSearch, dense_map, refine
+from stages.config import ConfigError
 from stages.process import StageProcess, limit_threads
-from stream.messages import EndOfStream, FrameDetections, FrameEmbeddings
+from stream.messages import ClassUpdate, EndOfStream, FrameDetections, FrameEmbeddings
+from stream.sockets import Inbox
+
+SEARCH_LABEL = "search"  # det_label of a searched window (its origin is "proposal": kept only when seen)
+SEARCH_SCORE = 0.0       # below every tracker threshold: a window starts no track (ByteTrack may match it to a
+#                          live one, hence no window over a detector or motion box: Search.windows)
 
 
-def embed(model: Embedder, msgs: list[FrameDetections]) -> list[FrameEmbeddings]:
+class Search:
+    """The class search of one embed worker: the classes (the memory file's, then each ClassUpdate's), what
+    their boxes look like in the dense map, and the windows it adds to each frame."""
+
+    def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0):
+        if not hasattr(network, "feature_map"):
+            raise ConfigError(f"embed.search needs an embedder with a dense feature map (efficientnet_lite0), "
+                              f"not {type(network).__name__}")
+        self.network, self.gate, self.finder, self.scale, self.refine = network, gate, finder, scale, refine
+
+    def update(self, update: ClassUpdate, dim: int) -> str | None:
+        """Applies a class snapshot; returns why it cannot be used, or None."""
+        if len(update) and update.centroids.shape[1] != dim:
+            return f"class update of dim {update.centroids.shape[1]}, this embedder's is {dim}"
+        self.gate = gate_of_snapshot(update, self.gate.set_size, self.gate.pool)  # as the gate stage's, centre included
+        self.finder.forget_except(set(self.gate.names))
+        return None
+
+    def windows(self, msg: FrameDetections | FrameEmbeddings, x: np.ndarray) -> np.ndarray:
+        """msg's boxes with their embeddings (N, D) -> (M, 4) windows to embed: the map learns the boxes the
+        classes hold, then proposes; a window over a box of the frame already taken (below) goes."""
+        if len(self.gate) == 0:
+            return np.zeros((0, 4), np.float32)
+        dense = dense_map(self.network, msg.image, self.scale)
+        index, _ = self.gate.classify(normalize(x)) if len(x) else (np.zeros(0, np.int64), None)
+        self.finder.learn(dense, msg.xyxy, [self.gate.names[i] if i >= 0 else None for i in index])
+        found = self.finder.propose(dense)
+        # A box of the frame that is seen as a class, or a detector or motion box (a tracked object: ByteTrack
+        # would give a window over it that track, and the gate keeps a settled track's box even unseen), is
+        # where the search has nothing to add; only an unseen low-score guess may be bettered.
+        taken = msg.xyxy[(index >= 0) | np.array([o != PROPOSAL for o in msg.origins], bool).reshape(len(index))]
+        if len(found) and len(taken):
+            found = found[box_iou(found, taken).max(axis=1) < 0.5]
+        return found
+
+
+def embed(model: Embedder, msgs: list[FrameDetections], search: Search | None = None) -> list[FrameEmbeddings]:
     crops = [c for m in msgs for c in crop(m.image, m.xyxy)]
     vectors = model.embed(crops) if crops else np.zeros((0, model.dim), np.float32)
     out, start = [], 0
@@ -18,7 +64,37 @@ def embed(model: Embedder, msgs: list[FrameDetections]) -> list[FrameEmbeddings]
         out.append(FrameEmbeddings(m.frame, m.xyxy, m.scores, m.det_labels,
                                    vectors[start:start + len(m)], origins=m.origins))
         start += len(m)
-    return out
+    return [searched(model, m, search) for m in out] if search is not None else out
+
+
+def searched(model: Embedder, msg: FrameEmbeddings, search: Search) -> FrameEmbeddings:
+    """msg with the search's windows appended, each embedded like any box (origin proposal, det_label search)."""
+    found = search.windows(msg, msg.embeddings)
+    if len(found) == 0:
+        return msg
+    x = model.embed(crop(msg.image, found))
+    if search.refine:  # nudge windows near a class towards its centroid, a few crops each
+        gate = search.gate
+        found, x = refine(found, x, lambda b: model.embed(crop(msg.image, b)), lambda v: gate.space(normalize(v)),
+                          gate.centroids, gate.effective_radii(), rounds=search.refine)
+    k = len(found)
+    return FrameEmbeddings(msg.frame, np.vstack([msg.xyxy, found]).astype(np.float32),
+                           np.concatenate([msg.scores, np.full(k, SEARCH_SCORE, np.float32)]),
+                           msg.det_labels + (SEARCH_LABEL,) * k,
+                           np.vstack([msg.embeddings, x]),
+                           origins=msg.origins + (PROPOSAL,) * k)
+
+
+def build_search(stage: StageProcess, model: Embedder) -> tuple[Search | None, Inbox | None]:
+    """embed.search: the classes to start from (gate.memory) and the subscription to the cluster's updates."""
+    s, g = stage.settings.embed, stage.settings.gate
+    if not s.search:
+        return None, None
+    # another runtime (models/compiled.py) wraps the torch model it was exported from: the map comes from that
+    network = model if hasattr(model, "feature_map") else getattr(model, "model", model)
+    search = Search(network, load_memory(g.memory, g.set_size, g.radius_pool),
+                    ClassSearch(s.search_per_class, s.search_limit), s.search_scale, s.search_refine)
+    return search, Inbox(stage.socket("classes"), "embed/classes", (ClassUpdate,))
 
 
 def run(stage: StageProcess) -> int:
@@ -26,12 +102,25 @@ def run(stage: StageProcess) -> int:
     limit_threads(s.threads)
     model = build_embedder(s.model, s.runtime, s.threads, weights=s.weights, device=s.device, **s.options)
     model.embed([np.zeros((64, 32, 3), np.uint8)])  # the slow first call before joining the pool (see detect)
+    search, classes = build_search(stage, model)
     hwm = 1 if stage.live else None  # live: see detect
     inbox = stage.inbox(stage.socket("to_embed", hwm=hwm), "embed",
                         (FrameDetections, EndOfStream))
     out = stage.socket("embeddings", hwm=hwm)
     stage.started(model=s.model, dim=model.dim, runtime=model.runtime)
-    frames = stage.relay_batches(inbox, out, s.batch_frames, 0 if stage.live else s.batch_timeout_ms,
-                                 lambda batch: embed(model, batch))
-    stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected)
+    if search is not None:
+        stage.log.info("class search on: %d windows per class, at most %d a frame", s.search_per_class, s.search_limit)
+
+    def step(batch: list[FrameDetections]) -> list[FrameEmbeddings]:
+        while classes is not None and classes.sock.poll(0):  # the newest classes before each batch
+            update = classes.recv(0)
+            reason = search.update(update, model.dim) if update is not None else None
+            if reason:
+                classes.reject(reason)
+            elif update is not None:
+                stage.log.info("search: applied class update %d: %d classes", update.version, len(update))
+        return embed(model, batch, search)
+
+    frames = stage.relay_batches(inbox, out, s.batch_frames, 0 if stage.live else s.batch_timeout_ms, step)
+    stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected + (classes.rejected if classes else 0))
     return 0

@@ -27,7 +27,7 @@ LINKS: dict[str, Link] = {
     "embeddings": Link("gate", zmq.PULL, ("embed",), zmq.PUSH),
     "labeled": Link("sink", zmq.PULL, ("gate",), zmq.PUSH),
     "unseen": Link("cluster", zmq.PULL, ("gate",), zmq.PUSH),
-    "classes": Link("cluster", zmq.PUB, ("gate",), zmq.SUB),
+    "classes": Link("cluster", zmq.PUB, ("gate", "embed"), zmq.SUB),  # embed: only with embed.search
     "control": Link("cluster", zmq.REP, ("classes",), zmq.REQ),
     "events": Link("sink", zmq.PULL, ("capture", "detect", "embed", "gate", "cluster", "supervisor"), zmq.PUSH),
     "acks": Link("capture", zmq.PULL, ("sink",), zmq.PUSH, optional=True),  # within one supervised run only

@@ -24,6 +24,7 @@ TINY = {
     "bench_restart.py": ["--stage", "gate", "--at", "3", "--source", BIKES, "--set", "capture.max_frames=12"],
     "bench_scale_out.py": ["--source", BIKES, "--second", BIKES, "--frames", "6"],
     "bench_student.py": ["--crops", "2", "--seconds", "0.1", "--threads", "1"],
+    "bench_search.py": ["--seeds", "0", "--frames", "1", "--moving", "8", "--refine", "1"],
     "bench_transport.py": ["--frames", "20"],
     "replay_clustering.py": ["--source", BIKES, "--cache", "{tmp}/replay.npz", "--max-frames", "30", "--period", "10"],
     "soak_live.py": ["--video", BIKES, "--duration", "6", "--warmup", "2", "--baseline-fps", "0"],

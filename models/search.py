@@ -1,0 +1,180 @@
+"""Class-conditional box search (the updated box predictor): windows of one dense feature map of the whole
+frame, ranked by cosine to what each class's boxes look like in that map; the few best are embedded exactly
+and judged by the gate like any box."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.proposals import agnostic_nms
+
+@dataclass(frozen=True)
+class Windows:
+    """Candidate windows of one frame and their cosine to each class centroid."""
+    xyxy: np.ndarray    # (P, 4) float32, absolute pixels of the frame
+    cosine: np.ndarray  # (P, K) float32, pooled map feature of the window vs class centroid
+
+
+def integral(fmap: np.ndarray) -> np.ndarray:
+    """fmap (C, h, w) -> summed-area table (h + 1, w + 1, C) float64, zero first row and column."""
+    c, h, w = fmap.shape
+    table = np.zeros((h + 1, w + 1, c), np.float64)
+    np.cumsum(np.cumsum(fmap.transpose(1, 2, 0), axis=0), axis=1, out=table[1:, 1:])
+    return table
+
+
+def score_windows(fmap: np.ndarray, stride: float, frame_hw: tuple[int, int], centroids: np.ndarray,
+                  window_shapes: list[tuple[float, float]]) -> Windows:
+    """Every window of every shape on the map's grid, its map features averaged (as a crop's embedding
+    averages its own map) and compared by cosine with each centroid.
+
+    fmap: (C, h, w) features, cell (i, j) covering pixels [j*stride, (j+1)*stride) x [i*stride, ...);
+    centroids: (K, C); window_shapes: (width, height) pixels, rounded to whole cells (at least one)."""
+    c, h, w = fmap.shape
+    table = integral(fmap)
+    unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)  # (K, C)
+    boxes, cosines, done = [], [], set()
+    H, W = frame_hw
+    for ww, hh in window_shapes:
+        cw, ch = int(min(max(round(ww / stride), 1), w)), int(min(max(round(hh / stride), 1), h))
+        if (cw, ch) in done:
+            continue
+        done.add((cw, ch))
+        pooled = table[ch:, cw:] - table[:-ch, cw:] - table[ch:, :-cw] + table[:-ch, :-cw]  # (h-ch+1, w-cw+1, C)
+        pooled = pooled.reshape(-1, c).astype(np.float32)
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        cosines.append(pooled @ unit.T)  # (P_shape, K)
+        ys, xs = np.mgrid[0:h - ch + 1, 0:w - cw + 1]
+        x1, y1 = xs.reshape(-1) * stride, ys.reshape(-1) * stride
+        boxes.append(np.stack([x1, y1, np.minimum(x1 + cw * stride, W), np.minimum(y1 + ch * stride, H)], 1))
+    k = len(centroids)
+    return Windows(np.concatenate(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32),
+                   np.concatenate(cosines) if cosines else np.zeros((0, k), np.float32))
+
+
+def pool_boxes(fmap: np.ndarray, stride: float, xyxy: np.ndarray) -> np.ndarray:
+    """fmap (C, h, w) with cells of `stride` pixels, boxes (N, 4) pixels -> (N, C) unit vectors: each box's
+    map features averaged over the cells it covers (rounded to whole cells, at least one)."""
+    c, h, w = fmap.shape
+    table = integral(fmap)
+    cells = np.round(np.asarray(xyxy, np.float64).reshape(-1, 4) / stride).astype(np.int64)
+    x1, y1 = np.clip(cells[:, 0], 0, w - 1), np.clip(cells[:, 1], 0, h - 1)
+    x2, y2 = np.clip(np.maximum(cells[:, 2], x1 + 1), 1, w), np.clip(np.maximum(cells[:, 3], y1 + 1), 1, h)
+    pooled = (table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1]).astype(np.float32)  # (N, C)
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class DenseMap:
+    """One frame's feature map, cells split `grid` x `grid`, and the pixels per (split) cell."""
+    fmap: np.ndarray   # (C, h, w) float32
+    stride: float      # pixels of the frame per cell
+    frame_hw: tuple[int, int]
+
+
+def dense_map(embedder, image: np.ndarray, scale: float = 1.0, grid: int = 1) -> DenseMap:
+    """One pass of the embedder's network over the whole frame (BGR (H, W, 3)) resized by `scale`."""
+    import cv2
+
+    h, w = image.shape[:2]
+    x = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)),
+                                              interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    fmap = embedder.feature_map(x)  # (C, h', w')
+    if grid > 1:
+        fmap = fmap.repeat(grid, axis=1).repeat(grid, axis=2)
+    return DenseMap(fmap, embedder.stride / scale / grid, (h, w))
+
+
+SHAPE_STEPS = (0.85, 1.0, 1.18)  # each class's typical width and height times these: 9 window shapes
+
+
+class ClassSearch:
+    """Per class, what its boxes look like in the dense map (their pooled map features, `keep` newest)
+    and their sizes; proposes the windows of a frame that look most like each class.
+
+    The prototypes live in the map's own space (a window of the frame, its context included), learnt
+    from boxes the gate's classes hold, so ranking compares like with like; the exact crop embedding of
+    each proposed window decides afterwards."""
+
+    def __init__(self, per_class: int = 4, limit: int = 30, keep: int = 32, iou: float = 0.3):
+        self.per_class, self.limit, self.keep, self.iou = per_class, limit, keep, iou
+        self.protos: dict[str, deque] = {}
+        self.sizes: dict[str, deque] = {}
+
+    def __len__(self) -> int:
+        return len(self.protos)
+
+    def learn(self, dense: DenseMap, xyxy: np.ndarray, names: list[str | None]) -> None:
+        """Boxes (N, 4) of the frame `dense` was made from, each with its class name or None (not a class)."""
+        rows = [i for i, n in enumerate(names) if n is not None]
+        if not rows:
+            return
+        xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)[rows]
+        for i, v, box in zip(rows, pool_boxes(dense.fmap, dense.stride, xyxy), xyxy):
+            name = names[i]
+            self.protos.setdefault(name, deque(maxlen=self.keep)).append(v)
+            self.sizes.setdefault(name, deque(maxlen=self.keep)).append(box[2:] - box[:2])
+
+    def forget_except(self, names: set[str]) -> None:
+        for name in [n for n in self.protos if n not in names]:
+            del self.protos[name], self.sizes[name]
+
+    def propose(self, dense: DenseMap) -> np.ndarray:
+        """(M, 4) float32 windows worth embedding: per class the `per_class` best (mean cosine to its
+        prototypes, NMS at `iou`) at its own sizes; then one NMS over all, at most `limit`."""
+        boxes, rank = [], []
+        for name, protos in self.protos.items():
+            w, h = np.median(np.stack(self.sizes[name]), axis=0)
+            window_shapes = [(w * a, h * b) for a in SHAPE_STEPS for b in SHAPE_STEPS]
+            centre = np.mean(np.stack(protos), axis=0, keepdims=True)  # (1, C)
+            win = score_windows(dense.fmap, dense.stride, dense.frame_hw, centre, window_shapes)
+            top = np.argsort(-win.cosine[:, 0], kind="stable")[:max(self.per_class * 20, 64)]
+            keep = top[agnostic_nms(win.xyxy[top], win.cosine[top, 0], self.iou)[:self.per_class]]
+            boxes.append(win.xyxy[keep])
+            rank.append(win.cosine[keep, 0])
+        if not boxes:
+            return np.zeros((0, 4), np.float32)
+        boxes, rank = np.concatenate(boxes), np.concatenate(rank)
+        return boxes[agnostic_nms(boxes, rank, 0.7)][:self.limit]
+
+
+def variants(box: np.ndarray, step: float) -> np.ndarray:
+    """(8, 4): the box moved by `step` of its size left, right, up, down, and each side grown or shrunk by it."""
+    x1, y1, x2, y2 = box
+    dx, dy = step * (x2 - x1), step * (y2 - y1)
+    return np.array([[x1 - dx, y1, x2 - dx, y2], [x1 + dx, y1, x2 + dx, y2],
+                     [x1, y1 - dy, x2, y2 - dy], [x1, y1 + dy, x2, y2 + dy],
+                     [x1 - dx, y1, x2 + dx, y2], [x1 + dx, y1, x2 - dx, y2],
+                     [x1, y1 - dy, x2, y2 + dy], [x1, y1 + dy, x2, y2 - dy]], np.float32)
+
+
+def refine(boxes: np.ndarray, x: np.ndarray, embed, space, centroids: np.ndarray, radii: np.ndarray,
+           near: float = 1.25, step: float = 0.12, rounds: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Windows whose embedding lies within `near` x the radius of its nearest class are nudged towards that
+    class: each round tries `variants` of each and keeps the one nearest the class centroid.
+
+    boxes (M, 4) and x (M, D) their embeddings as the embedder gives them; embed(boxes (P, 4)) -> (P, D)
+    likewise; space(x) -> the gate's unit vectors, where centroids (K, D) and radii (K,) live.
+    Returns the boxes and their embeddings, refined where it helped."""
+    boxes, x = boxes.copy(), x.copy()
+    if len(boxes) == 0 or len(centroids) == 0:
+        return boxes, x
+    dist = np.linalg.norm(space(x)[:, None] - centroids[None], axis=2)  # (M, K)
+    cls = dist.argmin(axis=1)
+    best = dist[np.arange(len(x)), cls]
+    todo = np.flatnonzero(best <= near * radii[cls])
+    for _ in range(rounds):
+        if len(todo) == 0:
+            break
+        cand = np.concatenate([variants(boxes[i], step) for i in todo])  # (8 T, 4)
+        raw = embed(cand)  # (8 T, D)
+        d = np.linalg.norm(space(raw).reshape(len(todo), 8, -1) - centroids[cls[todo]][:, None], axis=2)  # (T, 8)
+        j = d.argmin(axis=1)
+        better = d[np.arange(len(todo)), j] < best[todo]
+        for row, (i, jj, ok) in enumerate(zip(todo, j, better)):
+            if ok:
+                boxes[i], x[i], best[i] = cand[row * 8 + jj], raw[row * 8 + jj], d[row, jj]
+        todo = todo[better]
+    return boxes, x

@@ -1,0 +1,203 @@
+"""The updated box predictor: window scoring over a dense map, the class search, and the embed stage's plumbing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.proposals import box_iou
+from models.search import ClassSearch, DenseMap, pool_boxes, score_windows
+from models.sddc import Gate, normalize
+from stages.config import ConfigError, load
+from stages.embed import Search, embed
+from stages.gate import label
+from stream.messages import ClassUpdate, Frame, FrameDetections
+from stream.topology import LINKS
+
+
+def synthetic_map(rng: np.random.Generator, box_cells: tuple[int, int, int, int], c: int = 16,
+                  h: int = 20, w: int = 30) -> np.ndarray:
+    """(C, h, w) features: a background of one direction plus noise, and an object (cells x1, y1, x2, y2)
+    of another direction."""
+    fmap = np.abs(rng.normal(0, 0.3, (c, h, w))).astype(np.float32)
+    fmap[0] += 1.0  # background
+    x1, y1, x2, y2 = box_cells
+    fmap[:, y1:y2, x1:x2] = np.abs(rng.normal(0, 0.3, (c, y2 - y1, x2 - x1)))
+    fmap[5, y1:y2, x1:x2] += 1.0  # object
+    return fmap
+
+
+def test_the_only_window_matching_a_centroid_is_the_object():
+    rng = np.random.default_rng(0)
+    fmap = synthetic_map(rng, (10, 6, 14, 9))  # 4 x 3 cells at stride 16: pixels (160, 96, 224, 144)
+    centroid = np.eye(16, dtype=np.float32)[5:6]
+    # shapes near the object's size, as ClassSearch asks for (a window inside the object would match as well)
+    win = score_windows(fmap, 16.0, (320, 480), centroid, [(64, 48), (64, 64), (96, 64)])
+    best = win.xyxy[np.argmax(win.cosine[:, 0])]
+    assert best.tolist() == [160, 96, 224, 144]
+    assert win.cosine.shape == (len(win.xyxy), 1) and win.cosine.max() > 0.7
+    # every other window of the object's shape scores lower
+    same = (win.xyxy[:, 2] - win.xyxy[:, 0] == 64) & (win.xyxy[:, 3] - win.xyxy[:, 1] == 48)
+    assert np.sort(win.cosine[same, 0])[-2] < win.cosine.max() - 0.05
+
+
+def test_pooled_boxes_are_the_mean_of_their_cells():
+    rng = np.random.default_rng(1)
+    fmap = rng.normal(size=(4, 6, 8)).astype(np.float32)
+    v = pool_boxes(fmap, 10.0, np.array([[20, 10, 50, 40]], np.float32))[0]
+    expected = fmap[:, 1:4, 2:5].mean(axis=(1, 2))
+    assert np.allclose(v, expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_class_search_finds_a_learnt_object_at_a_new_place_and_forgets_removed_classes():
+    rng = np.random.default_rng(2)
+    finder = ClassSearch(per_class=2, limit=4)
+    seen_at = DenseMap(synthetic_map(rng, (3, 3, 7, 6)), 16.0, (320, 480))
+    finder.learn(seen_at, np.array([[48, 48, 112, 96], [200, 200, 240, 240]], np.float32), ["thing", None])
+    assert len(finder) == 1
+    found = finder.propose(DenseMap(synthetic_map(rng, (20, 12, 24, 15)), 16.0, (320, 480)))
+    assert 1 <= len(found) <= 2
+    assert box_iou(found[:1], np.array([[320, 192, 384, 240]])).item() == pytest.approx(1.0)
+    finder.forget_except(set())
+    assert len(finder) == 0 and len(finder.propose(seen_at)) == 0
+
+
+class Fake:
+    """An embedder whose crop embedding and dense map agree: a crop's mean colour, and the frame's own
+    colours at stride 16 (so a window's pooled map is its crop's embedding)."""
+    dim, stride = 3, 16
+
+    def embed(self, crops):
+        return np.array([c.reshape(-1, 3).mean(axis=0) + 1.0 for c in crops], np.float32).reshape(-1, 3)
+
+    def feature_map(self, image):
+        h, w = image.shape[:2]
+        cells = image[:h // 16 * 16, :w // 16 * 16].reshape(h // 16, 16, w // 16, 16, 3).mean(axis=(1, 3))
+        return np.ascontiguousarray(cells.transpose(2, 0, 1) + 1.0, np.float32)  # (3, h/16, w/16)
+
+
+def still_scene(x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((160, 240, 3), (40, 40, 40), np.uint8)
+    image[y:y + 48, x:x + 32] = (20, 200, 60)  # the object
+    return image, np.array([[x, y, x + 32, y + 48]], np.float32)
+
+
+def detections(index: int, image: np.ndarray, boxes: np.ndarray) -> FrameDetections:
+    n = len(boxes)
+    return FrameDetections(Frame("cam", index, 0.0, image), boxes.reshape(-1, 4).astype(np.float32),
+                           np.full(n, 0.9, np.float32), ("thing",) * n)
+
+
+def test_a_still_object_of_a_discovered_class_gets_a_labelled_box_only_through_the_search():
+    model = Fake()
+    first, box = still_scene(32, 16)
+    members = normalize(model.embed([first[16:64, 32:64], first[17:64, 32:63], first[12:68, 28:68]]))  # one loose
+    gate = Gate.empty(set_size=7)
+    gate.add_members("novel-1", members, 1.0, discovered=True)
+    search = Search(model, Gate.empty(set_size=7), ClassSearch())
+    assert search.update(ClassUpdate(1, tuple(gate.names), gate.centroids, gate.radii, gate.sizes,
+                                     gate.set_ids), model.dim) is None
+    embed(model, [detections(0, first, box)], search)  # the detector's box of the class: the search learns it
+    still, truth = still_scene(160, 96)  # the object at a new place where no detector box is
+    for predictor in (None, search):
+        out = embed(model, [detections(1, still, np.zeros((0, 4)))], predictor)[0]
+        labeled, _ = label(gate, out)
+        hits = [lab for lab, b in zip(labeled.labels, labeled.xyxy) if box_iou(b, truth).item() >= 0.5]
+        if predictor is None:
+            assert len(out) == 0 and hits == []
+        else:
+            assert hits == ["novel-1"]
+            assert set(labeled.origins) == {"proposal"} and set(labeled.det_labels) == {"search"}
+            assert (out.scores == 0).all()  # a searched window starts no track of its own
+
+
+def test_search_refuses_updates_of_another_dim_and_embedders_without_a_map():
+    search = Search(Fake(), Gate.empty(set_size=7), ClassSearch())
+    bad = ClassUpdate(1, ("a",), np.ones((1, 5), np.float32), np.ones(1, np.float32), np.ones(1, np.int64),
+                      np.zeros(1, np.int64))
+    assert "dim 5" in search.update(bad, 3)
+    centred = ClassUpdate(2, ("a",), np.ones((1, 3), np.float32), np.ones(1, np.float32), np.ones(1, np.int64),
+                          np.zeros(1, np.int64), center=np.full(3, 0.5, np.float32))
+    assert search.update(centred, 3) is None and search.gate.center.tolist() == [0.5] * 3  # measured as the gate does
+    with pytest.raises(ConfigError, match="embed.search"):
+        Search(object(), Gate.empty(), ClassSearch())
+
+
+def test_embed_subscribes_to_classes_and_its_settings_are_checked(tmp_path):
+    assert "embed" in LINKS["classes"].connectors
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("embed: {search: true, search_per_class: 2}\n")
+    s = load(str(cfg), {})
+    assert s.embed.search and s.embed.search_per_class == 2 and s.embed.search_limit == 30
+    with pytest.raises(ConfigError, match="search_per_class"):
+        load(str(cfg), {"embed.search_per_class": 0})
+
+
+def test_efficientnet_lite0_gives_a_stride_16_map_and_the_stage_finds_it_behind_any_runtime():
+    from models.compiled import RuntimeEmbedder
+    from models.registry import EMBEDDERS
+    from stages.embed import build_search
+
+    model = EMBEDDERS.create("efficientnet_lite0", input_size=128, precision="fp32")
+    fmap = model.feature_map(np.zeros((96, 128, 3), np.uint8))
+    assert fmap.shape == (112, 6, 8) and model.stride == 16 and np.isfinite(fmap).all()
+
+    class Stage:  # what build_search reads of a StageProcess
+        settings = load(None, {"embed.search": True})
+        opened = []
+
+        def socket(self, name):
+            self.opened.append(name)
+            return None
+    for wrapped in (model, RuntimeEmbedder(model, session=None, runtime="onnxruntime")):
+        search, classes = build_search(Stage(), wrapped)
+        assert search.network is model and classes.name == "embed/classes"
+    assert Stage.opened == ["classes", "classes"]
+    Stage.settings = load(None, {})
+    assert build_search(Stage(), model) == (None, None)
+
+
+def test_the_embed_key_may_subscribe_to_classes_over_curve(tmp_path):
+    from stages.config import Settings, TransportSettings
+    from stages.keys import KEY_NAMES, socket_curve
+    from stream.security import PUBLIC_SUFFIX, load_public, make_keys
+    from stream.topology import ENDPOINT_NAMES
+
+    make_keys(tmp_path / "k", KEY_NAMES)
+    endpoints = {n: f"tcp://127.0.0.1:{5000 + i}" for i, n in enumerate(ENDPOINT_NAMES)}  # never opened
+    settings = Settings(transport=TransportSettings(endpoints=endpoints, keys=str(tmp_path / "k")))
+    public = lambda name: load_public(tmp_path / "k" / "public" / f"{name}{PUBLIC_SUFFIX}")  # noqa: E731
+    assert socket_curve(settings, "embed", "classes", False).server == public("cluster")
+    admitted = socket_curve(settings, "cluster", "classes", True).clients
+    assert public("embed") in admitted and public("gate") in admitted and public("detect") not in admitted
+
+
+def test_refine_moves_a_window_near_a_class_towards_its_centroid_and_leaves_far_ones():
+    from models.search import refine
+    truth = np.array([100.0, 60.0, 160.0, 140.0])
+
+    def embed(boxes):  # the closer a box to the truth, the closer its embedding to the class's centroid
+        iou = box_iou(boxes, truth[None])[:, 0]
+        return normalize(np.stack([iou, 1 - iou, np.zeros_like(iou)], axis=1) + 1e-3)
+    centroid, radius = np.array([[1.0, 0.0, 0.0]], np.float32), np.array([0.5], np.float32)
+    start = np.array([[110, 66, 170, 146], [300, 10, 340, 50]], np.float32)  # near the object; on background
+    boxes, x = refine(start, embed(start), embed, lambda v: v, centroid, radius, near=2.0, rounds=3)
+    assert box_iou(boxes[:1], truth[None]).item() > box_iou(start[:1], truth[None]).item() + 0.1
+    assert boxes[1].tolist() == start[1].tolist()  # too far from every class: not worth crops
+    assert np.allclose(x, embed(boxes), atol=1e-6)
+
+
+def test_no_window_over_a_box_the_frame_already_has_unless_an_unseen_guess():
+    model = Fake()
+    first, box = still_scene(32, 16)
+    gate = Gate.empty(set_size=7)
+    gate.add_members("novel-1", normalize(model.embed([first[16:64, 32:64], first[12:68, 28:68]])), 1.0)
+    search = Search(model, gate, ClassSearch())
+    embed(model, [detections(0, first, box)], search)
+    still, truth = still_scene(160, 96)
+    background = np.array([[0, 0, 40, 40]], np.float32)
+    for origin, added in (("motion", False), ("proposal", True)):  # a tracked region; an unseen low-score guess
+        msg = FrameDetections(Frame("cam", 1, 0.0, still), np.vstack([truth + [0, 0, 24, 0], background]),
+                              np.full(2, 0.3, np.float32), ("object", "object"), origins=(origin, origin))
+        out = embed(model, [msg], search)[0]
+        windows = out.xyxy[[lab == "search" for lab in out.det_labels]]
+        assert (box_iou(windows, truth).max(initial=0) >= 0.5) == added, origin
