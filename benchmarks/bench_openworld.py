@@ -43,11 +43,12 @@ from models.detections import Detections  # noqa: E402
 from models.openworld import TrackAges  # noqa: E402
 from models.proposals import box_iou  # noqa: E402
 from models.registry import DETECTORS, EMBEDDERS  # noqa: E402
+from models.search import ClassSearch  # noqa: E402
 from models.sddc import UNSEEN, Gate  # noqa: E402
 from models.tracks import BoxTracker, LabelVotes  # noqa: E402
 from stages.config import load  # noqa: E402
 from stages.detect import Proposals, detect  # noqa: E402
-from stages.embed import embed  # noqa: E402
+from stages.embed import Search, embed, searched  # noqa: E402
 from stages.gate import label  # noqa: E402
 from stream.messages import Frame, FrameEmbeddings  # noqa: E402
 
@@ -224,6 +225,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", help="npz of detector results and box embeddings, read and written (iteration)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--search", action="store_true", help="a third pipeline, '+search': the open-world one with "
+                   "the class search of embed.search (docs/box-predictor.md); its windows are not cached")
     args = p.parse_args()
     overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
     settings = load(args.config, overrides)
@@ -235,6 +238,9 @@ def main() -> int:
     known = detect(model, [Frame("bg", 0, 0.0, background())], d.score_threshold, d.min_box, d.nms_iou)[0].xyxy
     proposals = Proposals(d.proposal_score, d.proposal_iou, d.max_proposals, d.motion, d.motion_history, d.min_box)
     today, new = Run(settings), Run(settings)
+    srun = Run(settings) if args.search else None
+    search = None if srun is None else Search(embedder, srun.gate, ClassSearch(e.search_per_class, e.search_limit),
+                                              e.search_scale, e.search_refine)
     cache = Cache(args.cache, model, embedder)
     t0, n = time.monotonic(), 0
     origins = Counter()
@@ -247,6 +253,9 @@ def main() -> int:
         origins.update(msg.origins)
         today.step(msg[np.array([o == "detector" for o in msg.origins], bool)], phase, gt)
         new.step(msg, phase, gt)
+        if srun is not None:
+            search.gate = srun.gate  # discovery changes the run's gate in place; be explicit
+            srun.step(searched(embedder, msg, search), phase, gt)
         if gt and len(msg):
             iou = box_iou(msg.xyxy, np.array([o["bbox"] for o in gt], np.float32))
             crops += [(msg.embeddings[j], gt[int(iou[j].argmax())]["cls"], int(iou[j].argmax()) + 100 * (phase == "still"))
@@ -254,6 +263,8 @@ def main() -> int:
         if i % args.period == args.period - 1:
             today.cluster()
             new.cluster()
+            if srun is not None:
+                srun.cluster()
         n += 1
     cache.save()
     print(f"{n} frames in {time.monotonic() - t0:.0f} s ({cache.embedded} boxes embedded); "
@@ -262,12 +273,13 @@ def main() -> int:
     print("phase    pipeline    recall  false/frame  labelled  classes/real  purity   NMI  known-class recall  "
           "recall of classes found before")
     for phase in ("empty", "moving", "stopped", "still"):
-        for name, run in (("today", today), ("open-world", new)):
+        for name, run in (("today", today), ("open-world", new)) + ((("+search", srun),) if srun else ()):
             r = score(run, phase, known, discovered(run, ("moving", "stopped")) if phase == "still" else None)
             print(f"{phase:8s} {name:10s}  {r['recall']:6.2f}  {r['false']:11.2f}  {r['labelled']:8.2f}  "
                   f"{r['classes']:7d}/6  {r['purity']:6.2f}  {r['nmi']:4.2f}  {r['known_recall']:6.2f} "
                   f"({', '.join(r['found'])})" + (f"  {r['prior_recall']:.2f}" if phase == "still" else ""), flush=True)
-    print(f"classes at the end: today {len(today.gate)}, open-world {len(new.gate)}")
+    print(f"classes at the end: today {len(today.gate)}, open-world {len(new.gate)}"
+          + (f", +search {len(srun.gate)}" if srun else ""))
     print(embedding_check(crops))
     return 0
 
