@@ -4,11 +4,13 @@ and judged by the gate like any box."""
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from models.proposals import agnostic_nms
+
 
 @dataclass(frozen=True)
 class Windows:
@@ -25,15 +27,15 @@ def integral(fmap: np.ndarray) -> np.ndarray:
     return table
 
 
-def score_windows(fmap: np.ndarray, stride: float, frame_hw: tuple[int, int], centroids: np.ndarray,
+def score_windows(table: np.ndarray, stride: float, frame_hw: tuple[int, int], centroids: np.ndarray,
                   window_shapes: list[tuple[float, float]]) -> Windows:
     """Every window of every shape on the map's grid, its map features averaged (as a crop's embedding
     averages its own map) and compared by cosine with each centroid.
 
-    fmap: (C, h, w) features, cell (i, j) covering pixels [j*stride, (j+1)*stride) x [i*stride, ...);
-    centroids: (K, C); window_shapes: (width, height) pixels, rounded to whole cells (at least one)."""
-    c, h, w = fmap.shape
-    table = integral(fmap)
+    table: `integral` of a (C, h, w) map whose cell (i, j) covers pixels [j*stride, (j+1)*stride) x
+    [i*stride, ...); centroids: (K, C); window_shapes: (width, height) pixels, rounded to whole cells
+    (at least one)."""
+    h, w, c = table.shape[0] - 1, table.shape[1] - 1, table.shape[2]
     unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)  # (K, C)
     boxes, cosines, done = [], [], set()
     H, W = frame_hw
@@ -54,11 +56,10 @@ def score_windows(fmap: np.ndarray, stride: float, frame_hw: tuple[int, int], ce
                    np.concatenate(cosines) if cosines else np.zeros((0, k), np.float32))
 
 
-def pool_boxes(fmap: np.ndarray, stride: float, xyxy: np.ndarray) -> np.ndarray:
-    """fmap (C, h, w) with cells of `stride` pixels, boxes (N, 4) pixels -> (N, C) unit vectors: each box's
-    map features averaged over the cells it covers (rounded to whole cells, at least one)."""
-    c, h, w = fmap.shape
-    table = integral(fmap)
+def pool_boxes(table: np.ndarray, stride: float, xyxy: np.ndarray) -> np.ndarray:
+    """table: `integral` of a (C, h, w) map with cells of `stride` pixels, boxes (N, 4) pixels -> (N, C) unit
+    vectors: each box's map features averaged over the cells it covers (rounded to whole cells, at least one)."""
+    h, w = table.shape[0] - 1, table.shape[1] - 1
     cells = np.round(np.asarray(xyxy, np.float64).reshape(-1, 4) / stride).astype(np.int64)
     x1, y1 = np.clip(cells[:, 0], 0, w - 1), np.clip(cells[:, 1], 0, h - 1)
     x2, y2 = np.clip(np.maximum(cells[:, 2], x1 + 1), 1, w), np.clip(np.maximum(cells[:, 3], y1 + 1), 1, h)
@@ -72,12 +73,14 @@ class DenseMap:
     fmap: np.ndarray   # (C, h, w) float32
     stride: float      # pixels of the frame per cell
     frame_hw: tuple[int, int]
+    table: np.ndarray = field(init=False, repr=False)  # integral(fmap), once per frame for every class and box
+
+    def __post_init__(self):
+        object.__setattr__(self, "table", integral(self.fmap))
 
 
 def dense_map(embedder, image: np.ndarray, scale: float = 1.0, grid: int = 1) -> DenseMap:
     """One pass of the embedder's network over the whole frame (BGR (H, W, 3)) resized by `scale`."""
-    import cv2
-
     h, w = image.shape[:2]
     x = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)),
                                               interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
@@ -112,7 +115,7 @@ class ClassSearch:
         if not rows:
             return
         xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)[rows]
-        for i, v, box in zip(rows, pool_boxes(dense.fmap, dense.stride, xyxy), xyxy):
+        for i, v, box in zip(rows, pool_boxes(dense.table, dense.stride, xyxy), xyxy):
             name = names[i]
             self.protos.setdefault(name, deque(maxlen=self.keep)).append(v)
             self.sizes.setdefault(name, deque(maxlen=self.keep)).append(box[2:] - box[:2])
@@ -129,7 +132,7 @@ class ClassSearch:
             w, h = np.median(np.stack(self.sizes[name]), axis=0)
             window_shapes = [(w * a, h * b) for a in SHAPE_STEPS for b in SHAPE_STEPS]
             centre = np.mean(np.stack(protos), axis=0, keepdims=True)  # (1, C)
-            win = score_windows(dense.fmap, dense.stride, dense.frame_hw, centre, window_shapes)
+            win = score_windows(dense.table, dense.stride, dense.frame_hw, centre, window_shapes)
             top = np.argsort(-win.cosine[:, 0], kind="stable")[:max(self.per_class * 20, 64)]
             keep = top[agnostic_nms(win.xyxy[top], win.cosine[top, 0], self.iou)[:self.per_class]]
             boxes.append(win.xyxy[keep])

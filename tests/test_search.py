@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.proposals import box_iou
-from models.search import ClassSearch, DenseMap, pool_boxes, score_windows
+from models.search import ClassSearch, DenseMap, integral, pool_boxes, score_windows
 from models.sddc import Gate, normalize
 from stages.config import ConfigError, load
 from stages.embed import Search, embed
@@ -31,7 +31,7 @@ def test_the_only_window_matching_a_centroid_is_the_object():
     fmap = synthetic_map(rng, (10, 6, 14, 9))  # 4 x 3 cells at stride 16: pixels (160, 96, 224, 144)
     centroid = np.eye(16, dtype=np.float32)[5:6]
     # shapes near the object's size, as ClassSearch asks for (a window inside the object would match as well)
-    win = score_windows(fmap, 16.0, (320, 480), centroid, [(64, 48), (64, 64), (96, 64)])
+    win = score_windows(integral(fmap), 16.0, (320, 480), centroid, [(64, 48), (64, 64), (96, 64)])
     best = win.xyxy[np.argmax(win.cosine[:, 0])]
     assert best.tolist() == [160, 96, 224, 144]
     assert win.cosine.shape == (len(win.xyxy), 1) and win.cosine.max() > 0.7
@@ -43,7 +43,7 @@ def test_the_only_window_matching_a_centroid_is_the_object():
 def test_pooled_boxes_are_the_mean_of_their_cells():
     rng = np.random.default_rng(1)
     fmap = rng.normal(size=(4, 6, 8)).astype(np.float32)
-    v = pool_boxes(fmap, 10.0, np.array([[20, 10, 50, 40]], np.float32))[0]
+    v = pool_boxes(integral(fmap), 10.0, np.array([[20, 10, 50, 40]], np.float32))[0]
     expected = fmap[:, 1:4, 2:5].mean(axis=(1, 2))
     assert np.allclose(v, expected / np.linalg.norm(expected), atol=1e-5)
 
