@@ -108,9 +108,9 @@ class Gate:
         """Centres the gate on the mean of the seen classes' member means (each seen class counts once) and
         refits every class from its members. Not centred with fewer than two seen classes (one class's own
         mean would be its centroid). False, and nothing changes, when a class has no members to refit from."""
-        seen = [m for m, d in zip(self.members, self.discovered) if not d and len(m)]
         if any(len(m) == 0 for m in self.members):
             return False
+        seen = [m for m, d in zip(self.members, self.discovered) if not d]
         self.center = np.mean([m.mean(axis=0) for m in seen], axis=0).astype(np.float32) if len(seen) >= 2 else None
         if len(self):
             self._edit()

@@ -43,6 +43,10 @@ def test_gallery_classes_label_new_examples(tmp_path):
     assert gate.labels(gate.classify(probe)[0]) == ["red_thing", "green_thing", "unseen"]
     build(gate, MeanColor(), {"red_thing": classes["red_thing"]}, alpha=1.0)  # rebuilt, not duplicated
     assert sorted(gate.names) == ["green_thing", "red_thing"]
+    assert gate.center is not None  # two seen classes: the gate is centred on them (gate.centre)
+    uncentred = Gate.empty(3)
+    build(uncentred, MeanColor(), classes, alpha=1.0, centre=False)
+    assert uncentred.center is None
 
 
 def test_bad_gallery_folders(tmp_path):
