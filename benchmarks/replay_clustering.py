@@ -101,12 +101,14 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     p.add_argument("--cache", default=str(ROOT / "out" / "replay.npz"))
     p.add_argument("--max-frames", type=int, default=0, help="only the first N frames (0: all)")
-    p.add_argument("--period", type=int, default=25, help="frames between clustering runs")
+    p.add_argument("--period", type=int, help="frames between clustering runs (default: the config's "
+                   "cluster.period_frames, as a run of the file does)")
     p.add_argument("--detector-only", action="store_true",
                    help="replay only the cache's detector boxes (a proposals cache replayed as today's pipeline)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", help="ClusterSettings values to sweep")
     args = p.parse_args()
     settings = load(args.config)
+    period = args.period or settings.cluster.period_frames or 25
     cache = Path(args.cache)
     if not cache.exists():
         compute(settings, args.source, cache, args.max_frames)
@@ -121,7 +123,7 @@ def main() -> None:
     print(f"{args.source}: {len(data['n'])} frames, {int(data['n'].sum())} boxes; base {settings.cluster}")
     for values in itertools.product(*grid.values()) if grid else [()]:
         s = dataclasses.replace(settings.cluster, **dict(zip(grid, values)))
-        classes, coverage, purity, majority = replay(data, s, settings.gate.alpha, args.period, settings.gate.persist,
+        classes, coverage, purity, majority = replay(data, s, settings.gate.alpha, period, settings.gate.persist,
                                                      settings.gate.radius_pool, settings.gate.steady)
         cov = "  ".join(f"{c} {v:.2f}" for c, v in coverage.items())
         print(f"{dict(zip(grid, values))}  classes {classes:3d}  labelled: {cov}  purity {purity[0]:.2f} "

@@ -41,6 +41,7 @@ def run(stage: StageProcess) -> int:
     rules = DiscoveryRules.from_settings(s)
     crops_dir = stage.settings.crops_dir
     version, new_rows, last_run = 0, 0, time.monotonic()  # the gate applies every snapshot in order, whatever its version
+    by_frames = not stage.live and s.period_frames > 0  # file sources: rounds when the gate asks (stages/gate.py Rounds)
     poller = zmq.Poller()
     poller.register(inbox.sock, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
@@ -54,11 +55,14 @@ def run(stage: StageProcess) -> int:
         if g.memory:
             save_gate(gate, g.memory)
 
-    def cluster_now() -> None:
+    def cluster_now(answer: bool = False) -> None:
+        """One discovery round; `answer`: the gate waits for the classes, so they go out changed or not."""
         nonlocal new_rows, last_run
         out = discover(gate, buffer, rules, g.alpha)
         new_rows, last_run = 0, time.monotonic()
         if not out:
+            if answer:
+                send(publish, snapshot(gate, version))
             return
         changed()
         for absorbed, into in out.merged:
@@ -91,7 +95,11 @@ def run(stage: StageProcess) -> int:
             else:
                 buffer.add(msg.embeddings, msg.track, msg.examples())
                 new_rows += len(msg)
-        if isinstance(msg, EndOfStream) or (new_rows >= s.min_new and time.monotonic() - last_run >= s.period_s):
+            if msg.round:  # answered even when its rows were refused: the gate waits for it
+                cluster_now(answer=True)
+                continue
+        if isinstance(msg, EndOfStream) or (not by_frames and new_rows >= s.min_new
+                                            and time.monotonic() - last_run >= s.period_s):
             cluster_now()
     if g.memory:
         save_gate(gate, g.memory)

@@ -131,7 +131,11 @@ class ClusterSettings:
     """No knob here is a distance or a similarity: ranks, counts, shares and a resolution, so one default
     serves every embedder and domain (models/discovery.py)."""
     buffer_size: int = field(default=2000, metadata=at_least(1))  # unseen embeddings kept; the oldest go first
-    period_s: float = field(default=2.0, metadata=at_least(0))    # cluster at most this often
+    period_s: float = field(default=2.0, metadata=at_least(0))    # live sources: cluster at most this often
+    # file sources (not live): a round after every `period_frames` frames of a source, the gate waiting for its
+    # classes, so a run of the same file is repeatable (0: wall-clock rounds as for live sources)
+    period_frames: int = field(default=25, metadata=at_least(0))
+    round_timeout_s: float = field(default=60.0, metadata=above(0))  # the gate goes on unanswered after this
     min_new: int = field(default=16, metadata=at_least(1))        # ... and only after this many new unseen rows
     k: int = field(default=15, metadata=at_least(1))              # neighbours per row in the kNN graph
     resolution: float = field(default=0.4, metadata=above(0))     # Leiden modularity resolution: <= 0.5 never

@@ -1,7 +1,9 @@
 """Gate stage (SKZC's SDDC box labeler): seen class or unseen for every box; unseen ones go to clustering."""
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,44 @@ class Relay:
         self.poller.register(self.out, 0 if self.pending is None else zmq.POLLOUT)
 
 
+class Rounds:
+    """File sources: every `period` frames of a source the gate asks the cluster stage for a discovery
+    round (the frame's UnseenBatch says `round`) and labels no further frame until the classes come back,
+    so which classes label which frame depends on the file alone, not on how fast the machine is. Live
+    sources never wait (period 0). An unanswered round (a cluster stage restarting) is given up after
+    `timeout` seconds and counted."""
+
+    def __init__(self, period: int, timeout: float):
+        self.period, self.timeout = period, timeout
+        self.deadline: float | None = None  # while waiting: when to give up
+        self.unanswered = 0
+
+    def due(self, index: int) -> bool:
+        """Frame `index` (in order) ends a period: ask for a round."""
+        return self.period > 0 and index % self.period == self.period - 1
+
+    def ask(self, now: float) -> None:
+        self.deadline = now + self.timeout
+
+    @property
+    def waiting(self) -> bool:
+        return self.deadline is not None
+
+    def answered(self) -> None:
+        self.deadline = None
+
+    def expired(self, now: float) -> bool:
+        """True (once) when the round asked for has not been answered in time; the gate goes on."""
+        if self.deadline is None or now < self.deadline:
+            return False
+        self.deadline, self.unanswered = None, self.unanswered + 1
+        return True
+
+    def stop(self) -> None:
+        """The stream ends: nothing more to wait for (the cluster stage runs a last round at its end)."""
+        self.period, self.deadline = 0, None
+
+
 class Sources:
     """Per source: the order buffer, the tracker and the label votes (track ids are per source)."""
 
@@ -135,24 +175,38 @@ def run(stage: StageProcess) -> int:
     poller.register(classes.sock, zmq.POLLIN)
     stage.started(alpha=s.alpha, set_size=s.set_size)
     frames = dropped = 0  # dropped: proposal and motion boxes the gate could not explain
+    c = stage.settings.cluster
+    rounds = Rounds(0 if stage.live else c.period_frames, c.round_timeout_s)
+    pending: deque = deque()  # frames released in order, not yet labelled (held while a round is awaited)
 
     def label_and_send(ready: list[tuple[FrameEmbeddings, bool]]) -> None:
         nonlocal frames, dropped
-        for msg, in_order in ready:
+        pending.extend(ready)
+        while pending and not rounds.waiting:
+            msg, in_order = pending.popleft()
             tracker = sources.trackers.get(msg.source) if in_order else None  # a late frame: untracked
             labeled, unseen = label(gate, msg, tracker, sources.votes.get(msg.source) if in_order else None, s.thumb,
                                     sources.ages.setdefault(msg.source, TrackAges()) if in_order else None, s.persist,
                                     s.steady)
             dropped += len(msg) - len(labeled)
             send(to_sink, labeled)
-            if len(unseen):
-                send(to_cluster, unseen)
+            ask = in_order and rounds.due(msg.index)
+            if len(unseen) or ask:
+                send(to_cluster, dataclasses.replace(unseen, round=ask))
+            if ask:
+                rounds.ask(time.monotonic())
             frames += 1
             stage.stats.inc("frames", source=msg.source)
+        # while a round is awaited no frame is read: the file's frames wait upstream (backpressure)
+        poller.register(inbox.sock, 0 if rounds.waiting else zmq.POLLIN)
 
     while True:
         ready = dict(poller.poll(200))
         relay.step()
+        if rounds.expired(time.monotonic()):
+            stage.log.warning("no classes from the cluster stage within %.0f s of asking for a round; going on",
+                              rounds.timeout)
+            label_and_send([])
         if classes.sock in ready:  # class updates first, so a new class labels the very next frame
             update = classes.recv(0)
             # Every valid snapshot applies, in arrival order (one publisher, one ordered stream): a version
@@ -165,16 +219,23 @@ def run(stage: StageProcess) -> int:
                     votes.forget_except(set(gate.names))  # renamed, merged or deleted classes
                 stage.log.info("applied class update %d: %d classes", update.version, len(gate))
                 stage.stats.set("classes_known", len(gate))
+            if update is not None and rounds.waiting:  # the round asked for (or a person's edit): go on
+                rounds.answered()
+                label_and_send([])
         label_and_send(sources.release(time.monotonic()))  # frames whose missing predecessor was given up on
         sources.report()
         stage.stats.total("rejected", inbox.rejected + classes.rejected)
         if inbox.sock not in ready:
-            if stage.drained:  # supervised: told to stop and nothing left (capture saw every frame logged)
+            if stage.drained and (rounds.waiting or pending):  # told to stop: no more rounds; read what waited
+                rounds.stop()
+                label_and_send([])
+            elif stage.drained:  # supervised: told to stop and nothing left (capture saw every frame logged)
                 label_and_send(sources.release(time.monotonic(), flush=True))
                 break
             continue
         msg = inbox.recv(0)
         if isinstance(msg, EndOfStream):
+            rounds.stop()  # the cluster stage runs its last round on the end of stream
             label_and_send(sources.release(time.monotonic(), flush=True))
             send(to_cluster, msg)
             send(to_sink, msg)
@@ -187,5 +248,5 @@ def run(stage: StageProcess) -> int:
     if sources.skipped:
         stage.log.warning("gave up waiting for %d frame(s) (lost with a worker?)", sources.skipped)
     stage.emit("stage_stopped", frames=frames, rejected=inbox.rejected + classes.rejected, classes=len(gate),
-               skipped=sources.skipped, dropped=dropped)
+               skipped=sources.skipped, dropped=dropped, unanswered=rounds.unanswered)
     return 0

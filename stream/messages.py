@@ -230,6 +230,10 @@ class UnseenBatch:
     thumbs: np.ndarray | None = None  # (N, T, T, 3) uint8 BGR box crops for class examples, each in its
     #                                    slot's top-left corner, as large as thumb_hw says (no padding)
     thumb_hw: np.ndarray | None = None  # (N, 2) int32 height and width of each crop in its slot
+    # True: the frame ends a discovery period (file sources: `cluster.period_frames`); the cluster stage runs
+    # a round now and publishes the classes, and the gate labels no further frame until they come, so a file
+    # run is repeatable. A sender without the field never asks for a round.
+    round: bool = False
 
     def __post_init__(self):
         _text(self, "source", self.source, SOURCE_MAX)
@@ -238,6 +242,8 @@ class UnseenBatch:
         _array(self, "track", "i", (n,), -1)
         if d < 1:
             raise ValueError("UnseenBatch needs embeddings (N, D) with D >= 1")
+        if type(self.round) is not bool:
+            raise ValueError(f"UnseenBatch.round must be true or false, got {repr(self.round)[:40]}")
         if self.thumbs is not None:
             t = _array(self, "thumbs", "u", (n, None, None, 3)).shape[1]
             if self.thumbs.dtype.itemsize != 1 or not 1 <= t <= SIDE_MAX or self.thumbs.shape[2] != t:

@@ -55,7 +55,7 @@ def test_pipeline_end_to_end_on_a_real_clip(bikes_video, tmp_path):
     events, video = tmp_path / "ev.jsonl", tmp_path / "out.avi"
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
            "--events", str(events), "--save", str(video), "--max-frames", "40",
-           "--set", "cluster.min_size=4", "--set", "cluster.period_s=0.5"]
+           "--set", "cluster.min_size=4", "--set", "cluster.period_frames=10"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == 0, stderr[-2000:]
@@ -110,7 +110,7 @@ def test_restart_with_memory_keeps_discovered_and_renamed_classes(bikes_video, t
     memory = tmp_path / "new folder" / "classes.npz"  # created by the run
     common = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--headless",
               "--memory", str(memory), "--max-frames", "40", "--set", "gate.track=false",
-              "--set", "cluster.min_size=4", "--set", "cluster.period_s=0.2", "--set", "cluster.min_new=4"]
+              "--set", "cluster.min_size=4", "--set", "cluster.period_frames=8"]
     first = subprocess.run(common + ["--events", str(tmp_path / "1.jsonl")], cwd=ROOT, capture_output=True,
                            text=True, timeout=240)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from conftest import ROOT, frame_fields
-from stages.config import ENDPOINT_NAMES, GateSettings, Settings, TransportSettings
+from stages.config import ENDPOINT_NAMES, ClusterSettings, GateSettings, Settings, TransportSettings
 from stream.messages import ClassUpdate, EndOfStream, Event, Frame, FrameEmbeddings, LabeledFrame
 from stream.sockets import Inbox, open_socket, send
 
@@ -37,7 +37,9 @@ def gate_process(tmp_path, request):
         endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in zip(ENDPOINT_NAMES, free_tcp_ports(len(ENDPOINT_NAMES)))}
     # untracked: every unseen box goes to clustering at once (tracking is tested in test_tracks.py)
     # reorder_frames=1: these tests send frames with gaps in their indices (reordering: tests/test_reorder.py)
-    settings = Settings(gate=GateSettings(track=False, reorder_frames=1),  # tcp here is plain: tests/test_security.py runs CURVE
+    # period_frames=0: no cluster stage answers discovery rounds here (tests/test_rounds.py)
+    settings = Settings(gate=GateSettings(track=False, reorder_frames=1), cluster=ClusterSettings(period_frames=0),
+                        # tcp here is plain: tests/test_security.py runs CURVE
                         transport=TransportSettings(endpoints=endpoints, insecure_tcp=request.param == "tcp"))
     ctx = zmq.Context()
     socks = {

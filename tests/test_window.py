@@ -109,7 +109,7 @@ def test_saved_video_after_discovery(bikes_video, tmp_path, xvfb):
     events, video = tmp_path / "ev.jsonl", tmp_path / "out.avi"
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(bikes_video), "--events", str(events),
            "--save", str(video), "--max-frames", "48", "--set", "gate.track=false", "--set", "cluster.min_size=4",
-           "--set", "cluster.period_s=0.2", "--set", "cluster.min_new=4"]
+           "--set", "cluster.period_frames=8"]
     # TMPDIR stays the test's own short one (conftest.own_tmpdir): the run's ipc paths must fit 107 bytes
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
