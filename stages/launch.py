@@ -231,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
         counts = [count_frames(source, settings.capture.max_frames) for source in settings.capture.source]
         progress = Progress(settings, None if None in counts else sum(counts))
         code = _supervise(Supervisor(with_endpoints(settings, run_dir), progress=progress))
+        if code == 0 and progress.failed_sources():  # the others ran to the end; the run did not do all it was asked
+            code = 1
         progress.finish(code)
         return code
     finally:

@@ -111,6 +111,11 @@ class Progress:
             state = f"{done} frames, {rate:.1f} fps" if frames else "loading models…"
             self._say(f"owd: {state}, classes {classes}, drops {drops}, {_duration(elapsed)}")
 
+    def failed_sources(self) -> list[str]:
+        """Sources that failed during the run, as the sink counted them (the run's exit is then 1)."""
+        failed = self._read().get("failed_sources", [])
+        return failed if isinstance(failed, list) else []
+
     def stopping(self) -> None:
         """The first Ctrl-C / SIGTERM: say what happens during the drain that follows."""
         if not self.stopping_said:
@@ -137,7 +142,9 @@ class Progress:
         if code == 2:
             return
         st, sink = self._read(), self.settings.sink
+        failed = st.get("failed_sources", [])
         how = {0: "finished", 130: "stopped", 1: "failed"}.get(code, f"exit {code}")
+        how = f"finished, {len(failed)} source(s) failed," if code == 1 and failed else how
         rows = [("run", f"{sink.run_id} {how} after {_duration(time.monotonic() - self.started)} (exit {code})"),
                 ("frames", f"{st.get('frames', 0)}" + (f" of {self.total}" if self.total and not self.live else "")),
                 ("fps", f"{st.get('fps', 0.0):.1f} (frames logged over wall time)"),
@@ -146,6 +153,8 @@ class Progress:
                 ("classes", f"{len(st.get('classes', []))}" + (f"  ({', '.join(st['classes'])})"
                                                                 if st.get("classes") else "")),
                 ("events", _shown(sink.events)), ("video", _videos(sink.save, list(self.settings.capture.source)))]
+        if failed:
+            rows.insert(2, ("failed", ", ".join(_shown(x) for x in failed) + "  (source_failed in the events)"))
         out = out or sys.stdout
         for key, value in rows:
             print(f"  {key:<8} {value}", file=out)

@@ -36,12 +36,15 @@ class Tally:
         self.dropped: dict[str, int] = {}  # stage -> its running total (capture and, live, detect drop)
         self.lost = 0
         self.classes: list[str] = []
+        self.failed: list[str] = []  # sources that could not be opened or stopped mid-way (source_failed)
         self.written = 0.0
 
     def on_event(self, rec: dict) -> None:
         kind, name = rec.get("type"), rec.get("class")
         if kind == "frame_dropped" and isinstance(rec.get("total"), int):
             self.dropped[str(rec.get("stage", ""))] = rec["total"]
+        elif kind == "source_failed" and isinstance(rec.get("source"), str) and rec["source"] not in self.failed:
+            self.failed.append(rec["source"])
         elif kind == "frames_lost" and isinstance(rec.get("count"), int):
             self.lost += rec["count"]
         elif kind == "class_discovered" and isinstance(name, str) and name not in self.classes:
@@ -61,7 +64,7 @@ class Tally:
         wall = max((self.last or time.time()) - self.started, 1e-9)
         return {"frames": self.frames, "wall_s": round(wall, 3), "fps": round(self.frames / wall, 3),
                 "dropped": sum(self.dropped.values()), "lost": self.lost, "duplicates": duplicates,
-                "rejected": rejected, "classes": list(self.classes)}
+                "rejected": rejected, "classes": list(self.classes), "failed_sources": list(self.failed)}
 
     def status(self, duplicates: int, rejected: int, done: bool = False) -> None:
         """At most every STATUS_EVERY_S (and when done): the counts, replaced atomically."""

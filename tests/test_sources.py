@@ -121,7 +121,8 @@ def write_clip(path, frames: int) -> None:
 def test_a_source_that_fails_does_not_end_the_others(tmp_path):
     """A good clip, the same clip cut in half (it opens, its header still says 40 frames) and a file that is
     no video at all: the good one logs (and saves, in its own video) all its frames, the cut one the frames before the cut,
-    each bad one a source_failed record; the run exits 0. A run whose every source fails is one line and exit 2."""
+    each bad one a source_failed record; the run exits 1 and says which failed. A run whose every source fails
+    is one line and exit 2."""
     from conftest import ROOT
     from stream.events import read_log
     good, cut, junk, full = tmp_path / "good.avi", tmp_path / "cut.avi", tmp_path / "junk.mp4", tmp_path / "full.avi"
@@ -136,8 +137,11 @@ def test_a_source_that_fails_does_not_end_the_others(tmp_path):
     result = subprocess.run([*cmd, "--source", str(good), "--source", str(cut), "--source", str(junk),
                              "--save", str(tmp_path / "out" / "annotated.avi")], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # the others ran to the end; not everything was done
+    assert "2 source(s) failed" in result.stdout and "cut.avi" in result.stdout and "junk.mp4" in result.stdout
     recs = read_log(events)
+    summary = next(r for r in recs if r["type"] == "run_summary")
+    assert sorted(summary["failed_sources"]) == sorted([str(cut), str(junk)])
     for source, n in ((good, 40), (cut, readable)):
         frames = [r["frame"] for r in recs if r["type"] == "frame" and r["source"] == str(source)]
         assert frames == list(range(n)), source
