@@ -44,13 +44,14 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     seen = np.array([lab != UNSEEN for lab in labels], bool)
     age, still = ages.observe(track, msg.xyxy) if ages is not None else (np.where(track >= 0, persist, 0),) * 2
     keep = np.ones(n, bool)
-    if not detector.all():
+    proposals = not detector.all()  # class-agnostic boxes in this frame: the open-world rules apply
+    if proposals:
         keep = explained(msg.origins, seen, age, persist, still, steady)
         keep &= ~fragments(msg.xyxy, msg.origins, keep)
     labeled = LabeledFrame(msg.frame, msg.xyxy, msg.scores, msg.det_labels,
                            tuple(labels), seen, distance, track, origins=msg.origins)[keep]
     out = keep & ~seen & (track >= 0) if tracker is not None else keep & ~seen
-    if not detector.all():
+    if proposals:
         out &= feeds(msg.origins, still, steady)
     thumbs, hw = pack([example(c, thumb) for c in crop(msg.image, msg.xyxy[out])], thumb)
     return labeled, UnseenBatch(msg.source, msg.index, x[out], track[out], thumbs, hw)
