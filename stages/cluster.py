@@ -42,6 +42,7 @@ def run(stage: StageProcess) -> int:
     crops_dir = stage.settings.crops_dir
     version, new_rows, last_run = 0, 0, time.monotonic()  # the gate applies every snapshot in order, whatever its version
     by_frames = not stage.live and s.period_frames > 0  # file sources: rounds when the gate asks (stages/gate.py Rounds)
+    done_rounds: dict[str, int] = {}  # source -> the frame of the last round run for it (a repeat is not rerun)
     poller = zmq.Poller()
     poller.register(inbox.sock, zmq.POLLIN)
     poller.register(control, zmq.POLLIN)
@@ -95,7 +96,11 @@ def run(stage: StageProcess) -> int:
             else:
                 buffer.add(msg.embeddings, msg.track, msg.examples())
                 new_rows += len(msg)
+            if msg.round and done_rounds.get(msg.source) == msg.index:  # the gate asks again: answer again
+                send(publish, snapshot(gate, version))
+                continue
             if msg.round:  # answered even when its rows were refused: the gate waits for it
+                done_rounds[msg.source] = msg.index
                 cluster_now(answer=True)
                 continue
         if isinstance(msg, EndOfStream) or (not by_frames and new_rows >= s.min_new

@@ -91,20 +91,25 @@ class Rounds:
     """File sources: every `period` frames of a source the gate asks the cluster stage for a discovery
     round (the frame's UnseenBatch says `round`) and labels no further frame until the classes come back,
     so which classes label which frame depends on the file alone, not on how fast the machine is. Live
-    sources never wait (period 0). An unanswered round (a cluster stage restarting) is given up after
-    `timeout` seconds and counted."""
+    sources never wait (period 0). While waiting the request is repeated, without its rows, every
+    `again_s` (an answer a restarting cluster stage or a slow subscription lost; the cluster stage runs a
+    round once and answers a repeat with its classes); after `timeout` seconds the gate goes on, counted."""
 
-    def __init__(self, period: int, timeout: float):
-        self.period, self.timeout = period, timeout
+    def __init__(self, period: int, timeout: float, again_s: float = 2.0):
+        self.period, self.timeout, self.again_s = period, timeout, again_s
         self.deadline: float | None = None  # while waiting: when to give up
+        self.again_at = 0.0
+        self.request: UnseenBatch | None = None
         self.unanswered = 0
 
     def due(self, index: int) -> bool:
         """Frame `index` (in order) ends a period: ask for a round."""
         return self.period > 0 and index % self.period == self.period - 1
 
-    def ask(self, now: float) -> None:
-        self.deadline = now + self.timeout
+    def ask(self, request: UnseenBatch, now: float) -> None:
+        self.request = dataclasses.replace(request, embeddings=request.embeddings[:0], track=request.track[:0],
+                                           thumbs=None, thumb_hw=None)
+        self.deadline, self.again_at = now + self.timeout, now + self.again_s
 
     @property
     def waiting(self) -> bool:
@@ -112,6 +117,13 @@ class Rounds:
 
     def answered(self) -> None:
         self.deadline = None
+
+    def again(self, now: float) -> UnseenBatch | None:
+        """The request to send once more (no rows), when waiting for `again_s` since it was last sent."""
+        if self.deadline is None or now < self.again_at:
+            return None
+        self.again_at = now + self.again_s
+        return self.request
 
     def expired(self, now: float) -> bool:
         """True (once) when the round asked for has not been answered in time; the gate goes on."""
@@ -192,10 +204,11 @@ def run(stage: StageProcess) -> int:
             dropped += len(msg) - len(labeled)
             send(to_sink, labeled)
             ask = in_order and rounds.due(msg.index)
-            if len(unseen) or ask:
-                send(to_cluster, dataclasses.replace(unseen, round=ask))
             if ask:
-                rounds.ask(time.monotonic())
+                unseen = dataclasses.replace(unseen, round=True)
+                rounds.ask(unseen, time.monotonic())
+            if len(unseen) or ask:
+                send(to_cluster, unseen)
             frames += 1
             stage.stats.inc("frames", source=msg.source)
         # while a round is awaited no frame is read: the file's frames wait upstream (backpressure)
@@ -204,6 +217,9 @@ def run(stage: StageProcess) -> int:
     while True:
         ready = dict(poller.poll(200))
         relay.step()
+        repeat = rounds.again(time.monotonic())
+        if repeat is not None:
+            send(to_cluster, repeat)
         if rounds.expired(time.monotonic()):
             stage.log.warning("no classes from the cluster stage within %.0f s of asking for a round; going on",
                               rounds.timeout)

@@ -2,6 +2,7 @@
 classes, the cluster stage answers every round, so a file run does not depend on the machine's speed."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -21,15 +22,20 @@ DIM = 8
 E = np.eye(DIM, dtype=np.float32)
 
 
-def test_rounds_are_due_at_the_end_of_each_period_and_given_up_after_the_timeout():
-    rounds = Rounds(period=25, timeout=60.0)
+def test_rounds_are_due_at_the_end_of_each_period_repeated_and_given_up_after_the_timeout():
+    rounds = Rounds(period=25, timeout=60.0, again_s=2.0)
     assert [i for i in range(80) if rounds.due(i)] == [24, 49, 74]
-    assert not rounds.waiting
-    rounds.ask(now=100.0)
+    assert not rounds.waiting and rounds.again(1e9) is None
+    asked = UnseenBatch("cam", 24, np.ones((3, DIM), np.float32), np.int64([1, 2, 3]), round=True)
+    rounds.ask(asked, now=100.0)
     assert rounds.waiting and not rounds.expired(159.0)
+    assert rounds.again(101.0) is None
+    repeat = rounds.again(102.0)  # the same request, without its rows (they went with the first)
+    assert (repeat.source, repeat.index, repeat.round, len(repeat), repeat.embeddings.shape[1]) == ("cam", 24, True, 0, DIM)
+    assert rounds.again(103.0) is None and rounds.again(104.0) is not None
     rounds.answered()
-    assert not rounds.waiting and not rounds.expired(1e9)
-    rounds.ask(now=200.0)
+    assert not rounds.waiting and not rounds.expired(1e9) and rounds.again(1e9) is None
+    rounds.ask(asked, now=200.0)
     assert rounds.expired(260.0) and not rounds.waiting and rounds.unanswered == 1
     assert not rounds.expired(1e9)  # once
     rounds.stop()
@@ -149,10 +155,21 @@ def test_the_cluster_stage_answers_every_round_and_clusters_only_when_asked(tmp_
         tracks = np.repeat(np.arange(8), 3).astype(np.int64)
         send(push, UnseenBatch("cam", 1000, x, tracks))  # period_s 0 and min_new 1: a live run would cluster now
         assert not sub.poll(1500)  # a file run clusters only when the gate asks
-        send(push, UnseenBatch("cam", 1003, np.zeros((0, DIM), np.float32), np.zeros(0, np.int64), round=True))
+        ask = UnseenBatch("cam", 1003, np.zeros((0, DIM), np.float32), np.zeros(0, np.int64), round=True)
+        send(push, ask)
         assert sub.poll(20000)
         assert len(classes.recv(0)) == 2
-        send(push, EndOfStream("cam", 1004))
+        third = (np.repeat(E[2:3] + 0.15 * rng.normal(size=(4, DIM)), 3, axis=0)
+                 + 1e-3 * rng.normal(size=(12, DIM))).astype(np.float32)   # 4 objects of a third kind
+        send(push, UnseenBatch("cam", 1004, third / np.linalg.norm(third, axis=1, keepdims=True),
+                               np.repeat(np.arange(8, 12), 3).astype(np.int64)))
+        send(push, ask)  # the gate asking again (an answer lost): answered, not run again
+        assert sub.poll(20000)
+        assert len(classes.recv(0)) == 2
+        send(push, dataclasses.replace(ask, index=1007))  # the next round finds the third kind
+        assert sub.poll(20000)
+        assert len(classes.recv(0)) == 3
+        send(push, EndOfStream("cam", 1008))
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
