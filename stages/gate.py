@@ -8,7 +8,7 @@ import numpy as np
 import zmq
 
 from models.boxes import crop, example, pack
-from models.openworld import TrackAges, explained, feeds, fragments
+from models.openworld import TrackAges, explained, feeds, fragments, loose
 from models.sddc import UNSEEN, Gate, gate_of_snapshot, load_memory, normalize
 from models.tracks import BoxTracker, LabelVotes
 from stages.config import ConfigError
@@ -45,6 +45,7 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     if not detector.all():
         keep = explained(msg.origins, seen, age, persist, still, steady)
         keep &= ~fragments(msg.xyxy, msg.origins, keep)
+        keep &= ~loose(msg.xyxy, msg.origins, keep)
     labeled = LabeledFrame(msg.frame, msg.xyxy, msg.scores, msg.det_labels,
                            tuple(labels), seen, distance, track, origins=msg.origins)[keep]
     out = keep & ~seen & (track >= 0) if tracker is not None else keep & ~seen
