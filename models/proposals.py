@@ -92,7 +92,9 @@ class ViewMotion:
 
 
 class MotionProposer:
-    """Foreground regions of one source (OpenCV MOG2, shadows ignored) as boxes in full-frame pixels.
+    """Foreground regions of one source (OpenCV MOG2) as boxes in full-frame pixels. With `shadows`, pixels
+    MOG2 calls shadow (a darker copy of the background: also a grey object on a grey road) belong to a
+    region that holds some sure foreground (SURE_SHARE); without, only sure foreground counts.
 
     `history` sets how slowly the background learns after the first `warm` frames: an object that stops
     stays foreground for about history/10 frames (and so does the ghost of one that was there at the start
