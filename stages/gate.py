@@ -28,7 +28,8 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     span several tracks. Without one, every unseen box goes. Proposal and motion boxes are kept only
     when explained (models/openworld.py: a low-score proposal when seen as a class; a motion box on a
     track `persist` frames old whose box was steady `steady` frames in a row; never a fragment of a
-    larger kept box; a low-score proposal never around a smaller kept box), and feed clustering only from steady tracks; the labeled frame holds only kept boxes."""
+    larger kept box; a low-score proposal never around a smaller kept box), and feed clustering only
+    from steady tracks; the labeled frame holds only kept boxes."""
     n = len(msg)
     x = normalize(msg.embeddings) if n else np.zeros((0, msg.embeddings.shape[1]), np.float32)
     index, distance = gate.classify(x)
