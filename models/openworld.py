@@ -91,6 +91,22 @@ def fragments(xyxy: np.ndarray, origins: tuple[str, ...], keep: np.ndarray) -> n
     return ~detector & ((inside >= FRAGMENT) & outer).any(axis=1)
 
 
+def loose(xyxy: np.ndarray, origins: tuple[str, ...], keep: np.ndarray) -> np.ndarray:
+    """(N,) bool: low-score proposals holding most (FRAGMENT) of a smaller kept detector or motion box of
+    the frame: the detector's guess around an object another box already fits (or a group of them and
+    the ground between). A motion region fits a moving object closely, a low-score box rarely does."""
+    xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
+    n = len(xyxy)
+    if n < 2:
+        return np.zeros(n, bool)
+    area = np.prod(np.clip(xyxy[:, 2:] - xyxy[:, :2], 0, None), axis=1)
+    lt, rb = np.maximum(xyxy[:, None, :2], xyxy[None, :, :2]), np.minimum(xyxy[:, None, 2:], xyxy[None, :, 2:])
+    inside = np.prod(np.clip(rb - lt, 0, None), axis=2) / np.maximum(area[None, :], 1e-9)  # [i, j]: share of j in i
+    guess = np.array([o == PROPOSAL for o in origins], bool)
+    inner = (np.asarray(keep, bool) & ~guess)[None, :] & (area[None, :] < area[:, None])
+    return guess & ((inside >= FRAGMENT) & inner).any(axis=1)
+
+
 def feeds(origins: tuple[str, ...], steady: np.ndarray, min_steady: int) -> np.ndarray:
     """(N,) bool: boxes whose view may feed clustering (when kept, unseen and tracked): detector boxes as
     before; proposal and motion boxes only from a track steady for `min_steady` frames in a row, so the

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 DETECTOR, PROPOSAL, MOTION = "detector", "proposal", "motion"
+SURE_SHARE = 0.05  # a motion region holding shadow pixels needs this share of sure foreground
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -91,7 +92,9 @@ class ViewMotion:
 
 
 class MotionProposer:
-    """Foreground regions of one source (OpenCV MOG2, shadows ignored) as boxes in full-frame pixels.
+    """Foreground regions of one source (OpenCV MOG2) as boxes in full-frame pixels. With `shadows`, pixels
+    MOG2 calls shadow (a darker copy of the background: also a grey object on a grey road) belong to a
+    region that holds some sure foreground (SURE_SHARE); without, only sure foreground counts.
 
     `history` sets how slowly the background learns after the first `warm` frames: an object that stops
     stays foreground for about history/10 frames (and so does the ghost of one that was there at the start
@@ -99,9 +102,9 @@ class MotionProposer:
     view restarts the background); "on" always; "off" never."""
 
     def __init__(self, mode: str = "auto", history: int = 2000, width: int = 320, min_box: int = 12,
-                 max_share: float = 0.25, warm: int = 20):
+                 max_share: float = 0.25, warm: int = 20, shadows: bool = True):
         self.mode, self.history, self.width, self.min_box, self.max_share = mode, history, width, min_box, max_share
-        self.warm = warm
+        self.warm, self.shadows = warm, shadows
         self.view = ViewMotion()
         self.subtractor = self._new()
         self.frames = 0
@@ -129,12 +132,18 @@ class MotionProposer:
         self.frames += 1
         if self.frames < 10:  # the background is still being learnt
             return none
-        fg = cv2.morphologyEx((mask == 255).astype(np.uint8), cv2.MORPH_OPEN, self.kernel_open)
-        fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self.kernel_close)
-        count, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+        sure = cv2.morphologyEx((mask == 255).astype(np.uint8), cv2.MORPH_OPEN, self.kernel_open)
+        fg = cv2.morphologyEx((mask > 0).astype(np.uint8), cv2.MORPH_OPEN, self.kernel_open)
+        fg = cv2.morphologyEx(fg if self.shadows else sure, cv2.MORPH_CLOSE, self.kernel_close)
+        count, comp, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
         x, y, bw, bh, area = (stats[1:, i] for i in range(5))
+        # a region is kept when enough of it is sure foreground: MOG2 calls a grey object darker than the
+        # road "shadow", so shadow pixels join a region that holds sure ones; a shadow alone stays out
+        strong = np.bincount(comp.ravel(), weights=sure.ravel(), minlength=count)[1:]
         side = self.min_box * scale
         ok = (bw >= side) & (bh >= side) & (bw * bh <= self.max_share * fg.size)
+        if self.shadows:
+            ok &= strong >= np.maximum(SURE_SHARE * area, 1)
         boxes = np.stack([x, y, x + bw, y + bh], axis=1)[ok].astype(np.float32) / scale
         boxes = np.minimum(boxes, np.array([w, h, w, h], np.float32))
         return boxes, (area[ok] / np.maximum(bw[ok] * bh[ok], 1)).astype(np.float32)

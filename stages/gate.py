@@ -10,7 +10,7 @@ import numpy as np
 import zmq
 
 from models.boxes import crop, example, pack
-from models.openworld import TrackAges, explained, feeds, fragments
+from models.openworld import TrackAges, explained, feeds, fragments, loose
 from models.sddc import UNSEEN, Gate, gate_of_snapshot, load_memory, normalize
 from models.tracks import BoxTracker, LabelVotes
 from stages.config import ConfigError
@@ -30,7 +30,8 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     span several tracks. Without one, every unseen box goes. Proposal and motion boxes are kept only
     when explained (models/openworld.py: a low-score proposal when seen as a class; a motion box on a
     track `persist` frames old whose box was steady `steady` frames in a row; never a fragment of a
-    larger kept box), and feed clustering only from steady tracks; the labeled frame holds only kept boxes."""
+    larger kept box; a low-score proposal never around a smaller kept box), and feed clustering only
+    from steady tracks; the labeled frame holds only kept boxes."""
     n = len(msg)
     x = normalize(msg.embeddings) if n else np.zeros((0, msg.embeddings.shape[1]), np.float32)
     index, distance = gate.classify(x)
@@ -48,6 +49,7 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     if proposals:
         keep = explained(msg.origins, seen, age, persist, still, steady)
         keep &= ~fragments(msg.xyxy, msg.origins, keep)
+        keep &= ~loose(msg.xyxy, msg.origins, keep)
     labeled = LabeledFrame(msg.frame, msg.xyxy, msg.scores, msg.det_labels,
                            tuple(labels), seen, distance, track, origins=msg.origins)[keep]
     out = keep & ~seen & (track >= 0) if tracker is not None else keep & ~seen
