@@ -270,20 +270,28 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     anchor_comm = comm_nodes[len(reps):]
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
     home = _homes(owners, anchor_comm, discovered, rules.hold)
+    groups = np.concatenate([obj, obj.max() + 1 + owners])   # a node's object, or its class (n_obj + j)
+    near = nearest_other(groups, nbrs, sims)
     actions = []  # decided on this round's class indices, applied by name afterwards
     for c in np.unique(comm):
         rows = np.flatnonzero(comm == c)
         mine = owners[anchor_comm == c]
         if np.count_nonzero(~discovered[mine]) > len(rows) + np.count_nonzero(discovered[mine]):
             continue  # mostly a seen class's members: its unseen rows grow nothing
-        held = [j for j in np.unique(mine) if home.get(int(j)) == c]
-        if held:
-            actions.append(([names[j] for j in held], rows))
-        elif len(mine) < len(rows) and _enough(rows, tracks, obj, rules):
-            actions.append(([], rows))  # otherwise mostly a known class's members, or too little evidence
+        held = [int(j) for j in np.unique(mine) if home.get(int(j)) == c]
+        if not held and not len(mine) < len(rows):
+            continue  # mostly a known class's members
+        # the community's objects and classes, linked each to the one it resembles most among them
+        for part, classes in _pieces(obj, near, rows, held, obj.max() + 1):
+            if classes and (len(part) or len(classes) > 1):
+                actions.append(([names[j] for j in classes], part))
+            elif _enough(part, tracks, obj, rules):
+                actions.append(([], part))
     for held, rows in actions:
         if held:
             name = _grow(gate, held, x[rows], alpha, rules, out)
+            if not len(rows):
+                continue  # classes merged, no rows
         else:
             name = _next_name(gate)
             gate.add_members(name, x[rows][-rules.max_members:], alpha, discovered=True)
@@ -296,6 +304,68 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     return out
 
 
+def nearest_other(groups: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """Per group (an object, or a class's anchors) the group holding the nearest node of another group
+    among its nodes' neighbours, -1 when none. groups: (N,) group id per node; nbrs/sims: (N, k) each
+    node's neighbours (-1 = none), most similar first."""
+    size = int(groups.max()) + 1 if len(groups) else 0
+    target = np.concatenate([groups, [-1]])[nbrs]
+    other = (nbrs >= 0) & (target != groups[:, None])
+    sim = np.where(other, sims, -np.inf)
+    first = sim.argmax(axis=1)
+    best = sim[np.arange(len(groups)), first]
+    out = np.full(size, -1, np.int64)
+    for i in np.argsort(best):  # the most similar node of each group is written last
+        if np.isfinite(best[i]):
+            out[groups[i]] = target[i, first[i]]
+    return out
+
+
+def _pieces(obj: np.ndarray, near: np.ndarray, rows: np.ndarray, held: list[int], first_class: int):
+    """A community split by resemblance. Each object (of `rows`) is linked to the group it lies nearest
+    to (`nearest_other`); objects linked to each other form a piece, and a piece ends either in a loop
+    (a group of its own) or in the one object whose nearest lies elsewhere — in a `held` class (group
+    first_class + j), which the piece then joins, or outside the community. Held classes whose nearest
+    is another held class are one class. Yields (row indices, class indices) per piece, rows possibly empty."""
+    objs = np.unique(obj[rows])
+    place = {int(o): i for i, o in enumerate(objs)}
+    links = [(place[int(o)], place[int(near[o])]) for o in objs if int(near[o]) in place]
+    a, b = (np.array(v, np.int64) for v in zip(*links)) if links else (np.zeros(0, np.int64),) * 2
+    label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(len(objs),) * 2),
+                                 directed=False)[1]
+    # classes: a held class whose nearest is another held class is one with it
+    root = {j: j for j in held}
+    for j in held:
+        k = int(near[first_class + j]) - first_class
+        if k in root:
+            r1, r2 = j, k
+            while root[r1] != r1:
+                r1 = root[r1]
+            while root[r2] != r2:
+                r2 = root[r2]
+            root[r1] = r2
+
+    def top(j):
+        while root[j] != j:
+            j = root[j]
+        return j
+    joined = {}   # class root -> pieces' objects that end in one of its classes
+    alone = []
+    for g in np.unique(label):
+        members = objs[label == g]
+        ends = [int(near[o]) - first_class for o in members if int(near[o]) not in place]
+        j = next((e for e in ends if e in root), None)
+        if j is None:
+            alone.append(members)
+        else:
+            joined.setdefault(top(j), []).append(members)
+    for r in {top(j) for j in held}:
+        members = np.concatenate(joined.get(r, [np.zeros(0, np.int64)]))
+        yield rows[np.isin(obj[rows], members)], [j for j in held if top(j) == r]
+    for members in alone:
+        yield rows[np.isin(obj[rows], members)], []
+
+
 def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules: DiscoveryRules, out: Outcome) -> str:
     """The largest held class grows by `members`; the other held classes merge into it. Returns its name."""
     target = max(held, key=lambda n: int(gate.sizes[gate.names.index(n)]))
@@ -303,8 +373,9 @@ def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules:
         if other != target:
             gate.merge(other, target, alpha, rules.max_members)
             out.merged.append((other, target))
-    gate.grow(gate.names.index(target), members, alpha, rules.max_members)
-    out.grown.append(target)
+    if len(members):
+        gate.grow(gate.names.index(target), members, alpha, rules.max_members)
+        out.grown.append(target)
     return target
 
 
