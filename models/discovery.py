@@ -271,7 +271,7 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
     home = _homes(owners, anchor_comm, discovered, rules.hold)
     groups = np.concatenate([obj, obj.max() + 1 + owners])   # a node's object, or its class (n_obj + j)
-    near = nearest_other(groups, nbrs, sims)
+    ranked = nearest_others(groups, nbrs, sims)
     actions = []  # decided on this round's class indices, applied by name afterwards
     for c in np.unique(comm):
         rows = np.flatnonzero(comm == c)
@@ -282,7 +282,7 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
         if not held and not len(mine) < len(rows):
             continue  # mostly a known class's members
         # the community's objects and classes, linked each to the one it resembles most among them
-        for part, classes in _pieces(obj, near, rows, held, obj.max() + 1):
+        for part, classes in _pieces(obj, ranked, rows, held, obj.max() + 1):
             if classes and (len(part) or len(classes) > 1):
                 actions.append(([names[j] for j in classes], part))
             elif _enough(part, tracks, obj, rules):
@@ -299,71 +299,84 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
         out.assigned[name] = ids[rows]
         out.thumbs[name] = buffer.thumbs(ids[rows])
     if out:
-        buffer.remove(np.concatenate(list(out.assigned.values())))
+        buffer.remove(np.concatenate(list(out.assigned.values()) or [np.zeros(0, np.int64)]))
         buffer.remove(buffer.ids[gate.classify(buffer.embeddings)[0] >= 0])
     return out
 
 
-def nearest_other(groups: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> np.ndarray:
-    """Per group (an object, or a class's anchors) the group holding the nearest node of another group
-    among its nodes' neighbours, -1 when none. groups: (N,) group id per node; nbrs/sims: (N, k) each
-    node's neighbours (-1 = none), most similar first."""
+def nearest_others(groups: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> list[np.ndarray]:
+    """Per group (an object, or a class's anchors) the other groups its nodes' neighbours belong to,
+    nearest first (by the most similar node). groups: (N,) group id per node; nbrs/sims: (N, k) each
+    node's neighbours (-1 = none)."""
     size = int(groups.max()) + 1 if len(groups) else 0
     target = np.concatenate([groups, [-1]])[nbrs]
     other = (nbrs >= 0) & (target != groups[:, None])
-    sim = np.where(other, sims, -np.inf)
-    first = sim.argmax(axis=1)
-    best = sim[np.arange(len(groups)), first]
-    out = np.full(size, -1, np.int64)
-    for i in np.argsort(best):  # the most similar node of each group is written last
-        if np.isfinite(best[i]):
-            out[groups[i]] = target[i, first[i]]
-    return out
+    src, dst, sim = np.broadcast_to(groups[:, None], nbrs.shape)[other], target[other], sims[other]
+    order = np.lexsort((-sim, dst, src))               # per (group, other group): most similar first
+    src, dst, sim = src[order], dst[order], sim[order]
+    first = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])]
+    src, dst, sim = src[first], dst[first], sim[first]
+    order = np.lexsort((-sim, src))                    # per group: nearest other group first
+    src, dst = src[order], dst[order]
+    cuts = np.searchsorted(src, np.arange(size + 1))
+    return [dst[cuts[g]:cuts[g + 1]] for g in range(size)]
 
 
-def _pieces(obj: np.ndarray, near: np.ndarray, rows: np.ndarray, held: list[int], first_class: int):
+def _pieces(obj: np.ndarray, ranked: list[np.ndarray], rows: np.ndarray, held: list[int], first_class: int):
     """A community split by resemblance. Each object (of `rows`) is linked to the group it lies nearest
-    to (`nearest_other`); objects linked to each other form a piece, and a piece ends either in a loop
-    (a group of its own) or in the one object whose nearest lies elsewhere — in a `held` class (group
-    first_class + j), which the piece then joins, or outside the community. Held classes whose nearest
-    is another held class are one class. Yields (row indices, class indices) per piece, rows possibly empty."""
+    to (`nearest_others`); objects linked to each other form a piece, which ends either in a loop or in
+    the one object whose nearest lies elsewhere: in a `held` class (group first_class + j), which the
+    piece then joins, or outside the community. A piece that ends in no class stands alone when it is a
+    kind of its own — its objects' nearest others lie mostly in it (`_closed`); otherwise it stays with
+    the community as Leiden grouped it: with its classes, or with the rest. Two held classes each
+    nearest the other are one class. Yields (row indices, class indices) per group of pieces, rows
+    possibly empty."""
     objs = np.unique(obj[rows])
+    near = {int(g): (int(ranked[g][0]) if len(ranked[g]) else -1) for g in objs}
     place = {int(o): i for i, o in enumerate(objs)}
-    links = [(place[int(o)], place[int(near[o])]) for o in objs if int(near[o]) in place]
+    links = [(place[int(o)], place[near[int(o)]]) for o in objs if near[int(o)] in place]
     a, b = (np.array(v, np.int64) for v in zip(*links)) if links else (np.zeros(0, np.int64),) * 2
     label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(len(objs),) * 2),
                                  directed=False)[1]
-    # classes: a held class whose nearest is another held class is one with it
     root = {j: j for j in held}
-    for j in held:
-        k = int(near[first_class + j]) - first_class
-        if k in root:
-            r1, r2 = j, k
-            while root[r1] != r1:
-                r1 = root[r1]
-            while root[r2] != r2:
-                r2 = root[r2]
-            root[r1] = r2
 
     def top(j):
         while root[j] != j:
             j = root[j]
         return j
-    joined = {}   # class root -> pieces' objects that end in one of its classes
-    alone = []
+    for j in held:  # two held classes each nearest the other are one
+        k = int(ranked[first_class + j][0]) - first_class if len(ranked[first_class + j]) else -1
+        if k in root and len(ranked[first_class + k]) and int(ranked[first_class + k][0]) - first_class == j:
+            root[top(j)] = top(k)
+    joined, alone, rest = {}, [], []   # class root -> objects; pieces of their own; the rest
     for g in np.unique(label):
         members = objs[label == g]
-        ends = [int(near[o]) - first_class for o in members if int(near[o]) not in place]
+        ends = [near[int(o)] - first_class for o in members if near[int(o)] not in place]
         j = next((e for e in ends if e in root), None)
-        if j is None:
+        if j is not None:
+            joined.setdefault(top(j), []).append(members)
+        elif _closed(members, ranked):
             alone.append(members)
         else:
-            joined.setdefault(top(j), []).append(members)
-    for r in {top(j) for j in held}:
-        members = np.concatenate(joined.get(r, [np.zeros(0, np.int64)]))
+            rest.append(members)
+    tops = sorted({top(j) for j in held})
+    if tops:  # what is not a kind of its own stays with the community's class (the lowest-indexed)
+        joined.setdefault(tops[0], []).extend(rest)
+        rest = []
+    for r in tops:
+        members = np.concatenate(joined.get(r) or [np.zeros(0, np.int64)])
         yield rows[np.isin(obj[rows], members)], [j for j in held if top(j) == r]
-    for members in alone:
+    for members in alone + ([np.concatenate(rest)] if rest else []):
         yield rows[np.isin(obj[rows], members)], []
+
+
+def _closed(members: np.ndarray, ranked: list[np.ndarray]) -> bool:
+    """The objects resemble each other more than anything else: of each one's len(members) - 1 nearest
+    other groups, more than half (over all of them together) are among `members`."""
+    if len(members) < 2:
+        return False
+    inside = sum(int(np.isin(ranked[o][:len(members) - 1], members).sum()) for o in members)
+    return 2 * inside > len(members) * (len(members) - 1)
 
 
 def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules: DiscoveryRules, out: Outcome) -> str:
