@@ -282,7 +282,8 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
         if not held and not len(mine) < len(rows):
             continue  # mostly a known class's members
         # the community's objects and classes, linked each to the one it resembles most among them
-        for part, classes in _pieces(obj, ranked, rows, held, obj.max() + 1):
+        for part, classes in _pieces(obj, ranked, rows, held, obj.max() + 1,
+                                      lambda part: _enough(part, tracks, obj, rules)):
             if classes and (len(part) or len(classes) > 1):
                 actions.append(([names[j] for j in classes], part))
             elif _enough(part, tracks, obj, rules):
@@ -314,7 +315,8 @@ def nearest_others(groups: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> li
     src, dst, sim = np.broadcast_to(groups[:, None], nbrs.shape)[other], target[other], sims[other]
     order = np.lexsort((-sim, dst, src))               # per (group, other group): most similar first
     src, dst, sim = src[order], dst[order], sim[order]
-    first = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])]
+    first = np.ones(len(src), bool)
+    first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
     src, dst, sim = src[first], dst[first], sim[first]
     order = np.lexsort((-sim, src))                    # per group: nearest other group first
     src, dst = src[order], dst[order]
@@ -322,13 +324,13 @@ def nearest_others(groups: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> li
     return [dst[cuts[g]:cuts[g + 1]] for g in range(size)]
 
 
-def _pieces(obj: np.ndarray, ranked: list[np.ndarray], rows: np.ndarray, held: list[int], first_class: int):
+def _pieces(obj: np.ndarray, ranked: list[np.ndarray], rows: np.ndarray, held: list[int], first_class: int, enough):
     """A community split by resemblance. Each object (of `rows`) is linked to the group it lies nearest
     to (`nearest_others`); objects linked to each other form a piece, which ends either in a loop or in
     the one object whose nearest lies elsewhere: in a `held` class (group first_class + j), which the
     piece then joins, or outside the community. A piece that ends in no class stands alone when it is a
-    kind of its own — its objects' nearest others lie mostly in it (`_closed`); otherwise it stays with
-    the community as Leiden grouped it: with its classes, or with the rest. Two held classes each
+    kind of its own — its objects' nearest others lie mostly in it (`_closed`) — and `enough(rows)`;
+    otherwise it stays with the community as Leiden grouped it: with its classes, or with the rest. Two held classes each
     nearest the other are one class. Yields (row indices, class indices) per group of pieces, rows
     possibly empty."""
     objs = np.unique(obj[rows])
@@ -349,13 +351,14 @@ def _pieces(obj: np.ndarray, ranked: list[np.ndarray], rows: np.ndarray, held: l
         if k in root and len(ranked[first_class + k]) and int(ranked[first_class + k][0]) - first_class == j:
             root[top(j)] = top(k)
     joined, alone, rest = {}, [], []   # class root -> objects; pieces of their own; the rest
+    community = np.r_[objs, first_class + np.asarray(held, np.int64)]
     for g in np.unique(label):
         members = objs[label == g]
         ends = [near[int(o)] - first_class for o in members if near[int(o)] not in place]
         j = next((e for e in ends if e in root), None)
         if j is not None:
             joined.setdefault(top(j), []).append(members)
-        elif _closed(members, ranked):
+        elif _closed(members, ranked, community) and enough(rows[np.isin(obj[rows], members)]):
             alone.append(members)
         else:
             rest.append(members)
@@ -370,13 +373,16 @@ def _pieces(obj: np.ndarray, ranked: list[np.ndarray], rows: np.ndarray, held: l
         yield rows[np.isin(obj[rows], members)], []
 
 
-def _closed(members: np.ndarray, ranked: list[np.ndarray]) -> bool:
-    """The objects resemble each other more than anything else: of each one's len(members) - 1 nearest
-    other groups, more than half (over all of them together) are among `members`."""
+def _closed(members: np.ndarray, ranked: list[np.ndarray], community: np.ndarray) -> bool:
+    """The objects resemble each other more than anything else in their community: each one's
+    len(members) - 1 nearest groups among `community` (its objects and classes) are the others."""
     if len(members) < 2:
         return False
-    inside = sum(int(np.isin(ranked[o][:len(members) - 1], members).sum()) for o in members)
-    return 2 * inside > len(members) * (len(members) - 1)
+    for o in members:
+        mine = ranked[o][np.isin(ranked[o], community)][:len(members) - 1]
+        if not np.isin(mine, members).all():
+            return False
+    return True
 
 
 def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules: DiscoveryRules, out: Outcome) -> str:
