@@ -271,7 +271,8 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
     home = _homes(owners, anchor_comm, discovered, rules.hold)
     groups = np.concatenate([obj, obj.max() + 1 + owners])   # a node's object, or its class (n_obj + j)
-    ranked = nearest_others(groups, nbrs, sims)
+    small = graph_k(rules.k, len(kept)) < rules.k
+    ranked = nearest_others(groups, nbrs, sims) if small else []
     actions = []  # decided on this round's class indices, applied by name afterwards
     for c in np.unique(comm):
         rows = np.flatnonzero(comm == c)
@@ -281,9 +282,11 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
         held = [int(j) for j in np.unique(mine) if home.get(int(j)) == c]
         if not held and not len(mine) < len(rows):
             continue  # mostly a known class's members
-        # the community's objects and classes, linked each to the one it resembles most among them
-        for part, classes in _pieces(obj, ranked, rows, held, obj.max() + 1,
-                                      lambda part: _enough(part, tracks, obj, rules)):
+        # in a small round (fewer than k * k rows, where the graph's k is cut: `graph_k`) a few rows per
+        # kind are too few for Leiden to part kinds, and the objects' own nearest links split the community
+        pieces = _pieces(obj, ranked, rows, held, obj.max() + 1, lambda part: _enough(part, tracks, obj, rules)) \
+            if small else [(rows, held)]
+        for part, classes in pieces:
             if classes and (len(part) or len(classes) > 1):
                 actions.append(([names[j] for j in classes], part))
             elif _enough(part, tracks, obj, rules):
