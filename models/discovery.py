@@ -245,6 +245,9 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     - holds no class and is mostly buffer rows: a new class when its rows number `min_size`, come from
       `min_tracks` tracks and show `min_objects` distinct objects (see `objects`), so one object
       lingering in view, or near-duplicate frames, never make a class by themselves.
+    In a small round (fewer than k * k rows in the graph, `graph_k`: the open-world benchmark's 9 rows a
+    kind) Leiden lumps kinds, so a community is split further by its objects' nearest others (`_pieces`):
+    a class grows only by the objects that lead to it, and a kind of its own is a class by itself.
     Rows that join a class, and rows a class now covers, leave the buffer."""
     out = Outcome()
     if len(buffer) == 0:
@@ -331,11 +334,10 @@ def _pieces(obj: np.ndarray, ranked: list[np.ndarray], rows: np.ndarray, held: l
     """A community split by resemblance. Each object (of `rows`) is linked to the group it lies nearest
     to (`nearest_others`); objects linked to each other form a piece, which ends either in a loop or in
     the one object whose nearest lies elsewhere: in a `held` class (group first_class + j), which the
-    piece then joins, or outside the community. A piece that ends in no class stands alone when it is a
-    kind of its own — its objects' nearest others lie mostly in it (`_closed`) — and `enough(rows)`;
-    otherwise it stays with the community as Leiden grouped it: with its classes, or with the rest. Two held classes each
-    nearest the other are one class. Yields (row indices, class indices) per group of pieces, rows
-    possibly empty."""
+    piece then joins, or outside the community. A piece ending in no class stands alone when it is a
+    kind of its own (`_closed`) and `enough(its rows)`; the other such pieces stay with the community's
+    class, or together as the rest when it holds none. Two held classes each nearest the other are one.
+    Yields (row indices, class indices) per class or piece; rows may be empty (classes merging)."""
     objs = np.unique(obj[rows])
     near = {int(g): (int(ranked[g][0]) if len(ranked[g]) else -1) for g in objs}
     place = {int(o): i for i, o in enumerate(objs)}
