@@ -245,6 +245,9 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     - holds no class and is mostly buffer rows: a new class when its rows number `min_size`, come from
       `min_tracks` tracks and show `min_objects` distinct objects (see `objects`), so one object
       lingering in view, or near-duplicate frames, never make a class by themselves.
+    In a small round (fewer than k * k rows in the graph, `graph_k`: the open-world benchmark's 9 rows a
+    kind) Leiden lumps kinds, so a community is split further by its objects' nearest others (`_pieces`):
+    a class grows only by the objects that lead to it, and a kind of its own is a class by itself.
     Rows that join a class, and rows a class now covers, leave the buffer."""
     out = Outcome()
     if len(buffer) == 0:
@@ -270,20 +273,32 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     anchor_comm = comm_nodes[len(reps):]
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
     home = _homes(owners, anchor_comm, discovered, rules.hold)
+    groups = np.concatenate([obj, obj.max() + 1 + owners])   # a node's object, or its class (n_obj + j)
+    small = graph_k(rules.k, len(kept)) < rules.k
+    ranked = nearest_others(groups, nbrs, sims) if small else []
     actions = []  # decided on this round's class indices, applied by name afterwards
     for c in np.unique(comm):
         rows = np.flatnonzero(comm == c)
         mine = owners[anchor_comm == c]
         if np.count_nonzero(~discovered[mine]) > len(rows) + np.count_nonzero(discovered[mine]):
             continue  # mostly a seen class's members: its unseen rows grow nothing
-        held = [j for j in np.unique(mine) if home.get(int(j)) == c]
-        if held:
-            actions.append(([names[j] for j in held], rows))
-        elif len(mine) < len(rows) and _enough(rows, tracks, obj, rules):
-            actions.append(([], rows))  # otherwise mostly a known class's members, or too little evidence
+        held = [int(j) for j in np.unique(mine) if home.get(int(j)) == c]
+        if not held and not len(mine) < len(rows):
+            continue  # mostly a known class's members
+        # in a small round (fewer than k * k rows, where the graph's k is cut: `graph_k`) a few rows per
+        # kind are too few for Leiden to part kinds, and the objects' own nearest links split the community
+        pieces = _pieces(obj, ranked, rows, held, obj.max() + 1, lambda part: _enough(part, tracks, obj, rules)) \
+            if small else [(rows, held)]
+        for part, classes in pieces:
+            if classes and (len(part) or len(classes) > 1):
+                actions.append(([names[j] for j in classes], part))
+            elif _enough(part, tracks, obj, rules):
+                actions.append(([], part))
     for held, rows in actions:
         if held:
             name = _grow(gate, held, x[rows], alpha, rules, out)
+            if not len(rows):
+                continue  # classes merged, no rows
         else:
             name = _next_name(gate)
             gate.add_members(name, x[rows][-rules.max_members:], alpha, discovered=True)
@@ -291,9 +306,88 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
         out.assigned[name] = ids[rows]
         out.thumbs[name] = buffer.thumbs(ids[rows])
     if out:
-        buffer.remove(np.concatenate(list(out.assigned.values())))
+        buffer.remove(np.concatenate(list(out.assigned.values()) or [np.zeros(0, np.int64)]))
         buffer.remove(buffer.ids[gate.classify(buffer.embeddings)[0] >= 0])
     return out
+
+
+def nearest_others(groups: np.ndarray, nbrs: np.ndarray, sims: np.ndarray) -> list[np.ndarray]:
+    """Per group (an object, or a class's anchors) the other groups its nodes' neighbours belong to,
+    nearest first (by the most similar node). groups: (N,) group id per node; nbrs/sims: (N, k) each
+    node's neighbours (-1 = none)."""
+    size = int(groups.max()) + 1 if len(groups) else 0
+    target = np.concatenate([groups, [-1]])[nbrs]
+    other = (nbrs >= 0) & (target != groups[:, None])
+    src, dst, sim = np.broadcast_to(groups[:, None], nbrs.shape)[other], target[other], sims[other]
+    order = np.lexsort((-sim, dst, src))               # per (group, other group): most similar first
+    src, dst, sim = src[order], dst[order], sim[order]
+    first = np.ones(len(src), bool)
+    first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])
+    src, dst, sim = src[first], dst[first], sim[first]
+    order = np.lexsort((-sim, src))                    # per group: nearest other group first
+    src, dst = src[order], dst[order]
+    cuts = np.searchsorted(src, np.arange(size + 1))
+    return [dst[cuts[g]:cuts[g + 1]] for g in range(size)]
+
+
+def _pieces(obj: np.ndarray, ranked: list[np.ndarray], rows: np.ndarray, held: list[int], first_class: int, enough):
+    """A community split by resemblance. Each object (of `rows`) is linked to the group it lies nearest
+    to (`nearest_others`); objects linked to each other form a piece, which ends either in a loop or in
+    the one object whose nearest lies elsewhere: in a `held` class (group first_class + j), which the
+    piece then joins, or outside the community. A piece ending in no class stands alone when it is a
+    kind of its own (`_closed`) and `enough(its rows)`; the other such pieces stay with the community's
+    class, or together as the rest when it holds none. Two held classes each nearest the other are one.
+    Yields (row indices, class indices) per class or piece; rows may be empty (classes merging)."""
+    objs = np.unique(obj[rows])
+    near = {int(g): (int(ranked[g][0]) if len(ranked[g]) else -1) for g in objs}
+    place = {int(o): i for i, o in enumerate(objs)}
+    links = [(place[int(o)], place[near[int(o)]]) for o in objs if near[int(o)] in place]
+    a, b = (np.array(v, np.int64) for v in zip(*links)) if links else (np.zeros(0, np.int64),) * 2
+    label = connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(len(objs),) * 2),
+                                 directed=False)[1]
+    root = {j: j for j in held}
+
+    def top(j):
+        while root[j] != j:
+            j = root[j]
+        return j
+    for j in held:  # two held classes each nearest the other are one
+        k = int(ranked[first_class + j][0]) - first_class if len(ranked[first_class + j]) else -1
+        if k in root and len(ranked[first_class + k]) and int(ranked[first_class + k][0]) - first_class == j:
+            root[top(j)] = top(k)
+    joined, alone, rest = {}, [], []   # class root -> objects; pieces of their own; the rest
+    community = np.r_[objs, first_class + np.asarray(held, np.int64)]
+    for g in np.unique(label):
+        members = objs[label == g]
+        ends = [near[int(o)] - first_class for o in members if near[int(o)] not in place]
+        j = next((e for e in ends if e in root), None)
+        if j is not None:
+            joined.setdefault(top(j), []).append(members)
+        elif _closed(members, ranked, community) and enough(rows[np.isin(obj[rows], members)]):
+            alone.append(members)
+        else:
+            rest.append(members)
+    tops = sorted({top(j) for j in held})
+    if tops:  # what is not a kind of its own stays with the community's class (the lowest-indexed)
+        joined.setdefault(tops[0], []).extend(rest)
+        rest = []
+    for r in tops:
+        members = np.concatenate(joined.get(r) or [np.zeros(0, np.int64)])
+        yield rows[np.isin(obj[rows], members)], [j for j in held if top(j) == r]
+    for members in alone + ([np.concatenate(rest)] if rest else []):
+        yield rows[np.isin(obj[rows], members)], []
+
+
+def _closed(members: np.ndarray, ranked: list[np.ndarray], community: np.ndarray) -> bool:
+    """The objects resemble each other more than anything else in their community: each one's
+    len(members) - 1 nearest groups among `community` (its objects and classes) are the others."""
+    if len(members) < 2:
+        return False
+    for o in members:
+        mine = ranked[o][np.isin(ranked[o], community)][:len(members) - 1]
+        if not np.isin(mine, members).all():
+            return False
+    return True
 
 
 def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules: DiscoveryRules, out: Outcome) -> str:
@@ -303,8 +397,9 @@ def _grow(gate: Gate, held: list[str], members: np.ndarray, alpha: float, rules:
         if other != target:
             gate.merge(other, target, alpha, rules.max_members)
             out.merged.append((other, target))
-    gate.grow(gate.names.index(target), members, alpha, rules.max_members)
-    out.grown.append(target)
+    if len(members):
+        gate.grow(gate.names.index(target), members, alpha, rules.max_members)
+        out.grown.append(target)
     return target
 
 

@@ -181,3 +181,29 @@ def test_buffer_keeps_the_newest_rows_and_diverse_views_per_track():
 def test_rules_come_from_settings_of_the_same_names():
     from stages.config import ClusterSettings
     assert DiscoveryRules.from_settings(ClusterSettings(k=7, resolution=0.5)) == DiscoveryRules(k=7, resolution=0.5)
+
+
+def test_a_lump_of_kinds_splits_into_one_class_per_kind():
+    # the open-world benchmark's lump: three kinds close to each other (3 objects x 3 views each) and a
+    # class made earlier far away, 87 rows in all. Leiden groups the three kinds into one community; each
+    # object's nearest other object is of its kind, so each kind is a piece of its own and a class.
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        base = normalize(rng.normal(size=(1, DIM)))
+        views, tracks, kind = [], [], []
+        for k in range(3):
+            centre = normalize(base + 0.5 * normalize(rng.normal(size=(1, DIM))))
+            for o in range(3):
+                thing = normalize(centre + 0.25 * rng.normal(size=(1, DIM)) / np.sqrt(DIM))
+                views.append(normalize(thing + 0.02 * rng.normal(size=(3, DIM)) / np.sqrt(DIM)))
+                tracks += [10 * k + o] * 3
+                kind += [k] * 3
+        gate = Gate.empty(DIM)
+        gate.add_members("novel-1", normalize(-base + 0.5 * rng.normal(size=(60, DIM)) / np.sqrt(DIM)), 0.75,
+                         discovered=True)
+        buf = UnseenBuffer(1000)
+        ids = buf.add(np.vstack(views).astype(np.float32), np.array(tracks))
+        out = discover(gate, buf, RULES, 0.75)
+        assert len(out.new) == 3 and not out.grown and not out.merged, seed
+        for rows in out.assigned.values():
+            assert len(np.unique(np.array(kind)[np.searchsorted(ids, rows)])) == 1, seed
