@@ -31,7 +31,8 @@ import numpy as np
 
 from baseline import kch_v1, knn_v1, sddc_v1
 from models import discovery
-from models.discovery import DiscoveryRules, UnseenBuffer, communities, discover
+from models.discovery import DiscoveryRules, communities, discover
+from models.unseen import UnseenBuffer
 from models.knn import knn
 from models.sddc import Gate, normalize
 

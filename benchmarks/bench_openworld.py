@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
 
 from openworld_video import background, frames  # noqa: E402
-from models.discovery import DiscoveryRules, UnseenBuffer, discover  # noqa: E402
+from models.discovery import DiscoveryRules, discover  # noqa: E402
+from models.unseen import UnseenBuffer  # noqa: E402
 from models.detections import Detections  # noqa: E402
 from models.openworld import TrackAges  # noqa: E402
 from models.proposals import box_iou  # noqa: E402

@@ -22,7 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.discovery import DiscoveryRules, UnseenBuffer, discover
+from models.discovery import DiscoveryRules, discover
+from models.unseen import UnseenBuffer
 from models.openworld import TrackAges
 from models.registry import DETECTORS, EMBEDDERS
 from models.sddc import UNSEEN, Gate

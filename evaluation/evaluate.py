@@ -16,7 +16,8 @@ import yaml
 from evaluation.baselines import kmeans_silhouette, oracle_kmeans
 from evaluation.metrics import UNKNOWN, from_rows, harmonic
 from evaluation.plots import line_plot
-from models.discovery import DiscoveryRules, UnseenBuffer, discover
+from models.discovery import DiscoveryRules, discover
+from models.unseen import UnseenBuffer
 from models.registry import EMBEDDERS, ModelError
 from models.sddc import RADIUS_POOL, Gate, normalize
 from owd.errors import OwdError

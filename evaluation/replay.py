@@ -11,7 +11,8 @@ import numpy as np
 
 from evaluation.baselines import kmeans_silhouette, oracle_kmeans
 from evaluation.metrics import stream_from_rows
-from models.discovery import DiscoveryRules, UnseenBuffer, discover
+from models.discovery import DiscoveryRules, discover
+from models.unseen import UnseenBuffer
 from models.sddc import UNSEEN, Gate, normalize
 from models.tracks import LabelVotes
 

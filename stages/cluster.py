@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from models.discovery import DiscoveryRules, UnseenBuffer, discover
+from models.discovery import DiscoveryRules, discover
+from models.unseen import UnseenBuffer
 from models.sddc import Gate, load_memory, save_gate
 from stages.control import handle
 from stages.config import ClusterSettings

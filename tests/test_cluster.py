@@ -5,7 +5,8 @@ import dataclasses
 
 import numpy as np
 
-from models.discovery import DiscoveryRules, UnseenBuffer, communities, discover, graph_k, objects
+from models.discovery import DiscoveryRules, communities, discover, graph_k, objects
+from models.unseen import UnseenBuffer
 from models.knn import knn
 from models.sddc import Gate, normalize
 
