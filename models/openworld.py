@@ -77,13 +77,10 @@ def fragments(xyxy: np.ndarray, origins: tuple[str, ...], keep: np.ndarray) -> n
     """(N,) bool: proposal and motion boxes lying mostly (FRAGMENT) inside a larger kept detector or motion
     box of the frame: a part of an object (a leg, the ghost half of a motion region) is not an object of
     its own. A low-score proposal is a guess and never makes another box a fragment."""
-    xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
-    n = len(xyxy)
-    if n < 2:
-        return np.zeros(n, bool)
-    area = np.prod(np.clip(xyxy[:, 2:] - xyxy[:, :2], 0, None), axis=1)
-    lt, rb = np.maximum(xyxy[:, None, :2], xyxy[None, :, :2]), np.minimum(xyxy[:, None, 2:], xyxy[None, :, 2:])
-    inside = np.prod(np.clip(rb - lt, 0, None), axis=2) / np.maximum(area[:, None], 1e-9)  # [i, j]: share of i in j
+    area, inter = _overlaps(xyxy)
+    if len(area) < 2:
+        return np.zeros(len(area), bool)
+    inside = inter / np.maximum(area[:, None], 1e-9)  # [i, j]: share of i in j
     guess = np.array([o == PROPOSAL for o in origins], bool)
     outer = (np.asarray(keep, bool) & ~guess)[None, :] & (area[None, :] > area[:, None])
     np.fill_diagonal(outer, False)
@@ -95,16 +92,21 @@ def loose(xyxy: np.ndarray, origins: tuple[str, ...], keep: np.ndarray) -> np.nd
     """(N,) bool: low-score proposals holding most (FRAGMENT) of a smaller kept detector or motion box of
     the frame: the detector's guess around an object another box already fits (or a group of them and
     the ground between). A motion region fits a moving object closely, a low-score box rarely does."""
-    xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
-    n = len(xyxy)
-    if n < 2:
-        return np.zeros(n, bool)
-    area = np.prod(np.clip(xyxy[:, 2:] - xyxy[:, :2], 0, None), axis=1)
-    lt, rb = np.maximum(xyxy[:, None, :2], xyxy[None, :, :2]), np.minimum(xyxy[:, None, 2:], xyxy[None, :, 2:])
-    inside = np.prod(np.clip(rb - lt, 0, None), axis=2) / np.maximum(area[None, :], 1e-9)  # [i, j]: share of j in i
+    area, inter = _overlaps(xyxy)
+    if len(area) < 2:
+        return np.zeros(len(area), bool)
+    inside = inter / np.maximum(area[None, :], 1e-9)  # [i, j]: share of j in i
     guess = np.array([o == PROPOSAL for o in origins], bool)
     inner = (np.asarray(keep, bool) & ~guess)[None, :] & (area[None, :] < area[:, None])
     return guess & ((inside >= FRAGMENT) & inner).any(axis=1)
+
+
+def _overlaps(xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """xyxy (N, 4) -> each box's area (N,) and the intersection area of every pair (N, N)."""
+    xyxy = np.asarray(xyxy, np.float32).reshape(-1, 4)
+    area = np.prod(np.clip(xyxy[:, 2:] - xyxy[:, :2], 0, None), axis=1)
+    lt, rb = np.maximum(xyxy[:, None, :2], xyxy[None, :, :2]), np.minimum(xyxy[:, None, 2:], xyxy[None, :, 2:])
+    return area, np.prod(np.clip(rb - lt, 0, None), axis=2)
 
 
 def feeds(origins: tuple[str, ...], steady: np.ndarray, min_steady: int) -> np.ndarray:
