@@ -180,14 +180,14 @@ def discover(gate: Gate, buffer: UnseenBuffer, rules: DiscoveryRules, alpha: flo
     index = np.full(len(nodes) + 1, -1, np.int64)  # node -> its place among the kept nodes; -1 maps to -1
     index[kept] = np.arange(len(kept))
     # the graph links each row to its graph_k nearest (most similar first); `objects` above used all k
-    comm_nodes = partition(index[nbrs[kept, :graph_k(rules.k, len(kept))]], rules.resolution, rules.seed,
-                           rules.restarts)
+    k_graph = graph_k(rules.k, len(kept))
+    comm_nodes = partition(index[nbrs[kept, :k_graph]], rules.resolution, rules.seed, rules.restarts)
     comm = _majority(obj, obj[reps], comm_nodes[:len(reps)])
     anchor_comm = comm_nodes[len(reps):]
     names, discovered = list(gate.names), np.array(gate.discovered, bool)
     home = _homes(owners, anchor_comm, discovered, rules.hold)
     groups = np.concatenate([obj, obj.max() + 1 + owners])   # a node's object, or its class (n_obj + j)
-    small = graph_k(rules.k, len(kept)) < rules.k
+    small = k_graph < rules.k
     ranked = nearest_others(groups, nbrs, sims) if small else []
     actions = []  # decided on this round's class indices, applied by name afterwards
     for c in np.unique(comm):

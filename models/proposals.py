@@ -133,16 +133,16 @@ class MotionProposer:
         if self.frames < 10:  # the background is still being learnt
             return none
         sure = cv2.morphologyEx((mask == 255).astype(np.uint8), cv2.MORPH_OPEN, self.kernel_open)
-        fg = cv2.morphologyEx((mask > 0).astype(np.uint8), cv2.MORPH_OPEN, self.kernel_open)
-        fg = cv2.morphologyEx(fg if self.shadows else sure, cv2.MORPH_CLOSE, self.kernel_close)
+        fg = cv2.morphologyEx((mask > 0).astype(np.uint8), cv2.MORPH_OPEN, self.kernel_open) if self.shadows else sure
+        fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self.kernel_close)
         count, comp, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
         x, y, bw, bh, area = (stats[1:, i] for i in range(5))
-        # a region is kept when enough of it is sure foreground: MOG2 calls a grey object darker than the
-        # road "shadow", so shadow pixels join a region that holds sure ones; a shadow alone stays out
-        strong = np.bincount(comp.ravel(), weights=sure.ravel(), minlength=count)[1:]
         side = self.min_box * scale
         ok = (bw >= side) & (bh >= side) & (bw * bh <= self.max_share * fg.size)
-        if self.shadows:
+        if self.shadows:  # a region is kept when enough of it is sure foreground: MOG2 calls a grey object
+            # darker than the road "shadow", so shadow pixels join a region that holds sure ones; a shadow
+            # alone stays out
+            strong = np.bincount(comp.ravel(), weights=sure.ravel(), minlength=count)[1:]
             ok &= strong >= np.maximum(SURE_SHARE * area, 1)
         boxes = np.stack([x, y, x + bw, y + bh], axis=1)[ok].astype(np.float32) / scale
         boxes = np.minimum(boxes, np.array([w, h, w, h], np.float32))

@@ -97,12 +97,12 @@ def run(stage: StageProcess) -> int:
             else:
                 buffer.add(msg.embeddings, msg.track, msg.examples())
                 new_rows += len(msg)
-            if msg.round and done_rounds.get(msg.source) == msg.index:  # the gate asks again: answer again
-                send(publish, snapshot(gate, version))
-                continue
             if msg.round:  # answered even when its rows were refused: the gate waits for it
-                done_rounds[msg.source] = msg.index
-                cluster_now(answer=True)
+                if done_rounds.get(msg.source) == msg.index:  # the gate asks again: answer, do not rerun
+                    send(publish, snapshot(gate, version))
+                else:
+                    done_rounds[msg.source] = msg.index
+                    cluster_now(answer=True)
                 continue
         if isinstance(msg, EndOfStream) or (not by_frames and new_rows >= s.min_new
                                             and time.monotonic() - last_run >= s.period_s):

@@ -245,7 +245,7 @@ def run(stage: StageProcess) -> int:
         sources.report()
         stage.stats.total("rejected", inbox.rejected + classes.rejected)
         if inbox.sock not in ready:
-            if stage.drained and (rounds.waiting or pending):  # told to stop: no more rounds; read what waited
+            if stage.drained and rounds.waiting:  # told to stop: no more rounds; label and read what waited
                 rounds.stop()
                 label_and_send([])
             elif stage.drained:  # supervised: told to stop and nothing left (capture saw every frame logged)
