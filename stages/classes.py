@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -16,9 +19,32 @@ from stream.security import Curve
 from stream.sockets import open_socket
 
 
+IPC_MAX = getattr(zmq, "IPC_PATH_MAX_LEN", 0) or 107  # a unix socket's path (sockaddr_un.sun_path) holds no more
+
+
 def control_endpoint(memory: str) -> str:
-    """A running pipeline with --memory PATH answers commands on the ipc socket PATH.ctl."""
-    return f"ipc://{Path(memory).resolve()}.ctl"
+    """A running pipeline with --memory PATH answers commands on the ipc socket PATH.ctl; when that path is
+    too long for a unix socket, on one named by the path's hash in the user's private folder (`short_dir`),
+    so the pipeline and `owd classes` still derive the same endpoint from the memory path alone."""
+    path = f"{Path(memory).resolve()}.ctl"
+    if len(path.encode()) <= IPC_MAX:
+        return f"ipc://{path}"
+    return f"ipc://{short_dir() / hashlib.sha256(path.encode()).hexdigest()[:32]}.ctl"
+
+
+def short_dir(base: Path = Path("/tmp")) -> Path:
+    """base/owd-UID, made owner-only; refused unless it is a real folder of this user that no one else can
+    enter (another user could otherwise put a socket of their own where the pipeline's is looked for)."""
+    folder = base / f"owd-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+    except OSError as exc:
+        raise ConfigError(f"cannot make the control socket folder {folder}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise ConfigError(f"{folder} is not a folder only this user can enter: remove it, or give --memory a "
+                          f"shorter path")
+    return folder
 
 
 def request(endpoint: str, cmd: str, args: list[str], timeout_ms: int = 3000,
@@ -43,8 +69,8 @@ def main(argv: list[str], alpha: float = 0.75, keep: int = 256, prog: str = "owd
     p.add_argument("--keys", help="the pipeline's transport.keys folder, for a tcp:// control endpoint")
     p.add_argument("--insecure-tcp", action="store_true", help="a tcp:// control endpoint without keys")
     args = p.parse_args(argv)
-    endpoint = args.control or control_endpoint(args.memory)
     try:
+        endpoint = args.control or control_endpoint(args.memory)
         transport = TransportSettings(endpoints={"control": endpoint}, keys=args.keys, insecure_tcp=args.insecure_tcp)
         curve = socket_curve(Settings(transport=transport), "classes", "control", bind=False)
         live = Path(endpoint[len("ipc://"):]).exists() if endpoint.startswith("ipc://") else True

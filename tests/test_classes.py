@@ -14,7 +14,7 @@ import zmq
 
 from conftest import ROOT
 from models.sddc import Gate, load_gate, normalize, save_gate
-from stages.classes import control_endpoint
+from stages.classes import IPC_MAX, control_endpoint, short_dir
 from stages.control import execute, handle
 from stages.cluster import save_examples
 from stages.config import ENDPOINT_NAMES, ConfigError, GateSettings, Settings, TransportSettings, memory_crops
@@ -94,7 +94,7 @@ def test_rename_merge_delete_on_a_live_cluster_process(tmp_path):
         for args, event in [(["rename", "novel-1", "cyclist"], "class_renamed"),
                             (["merge", "novel-3", "novel-2"], "class_merged"),
                             (["delete", "novel-2"], "class_deleted")]:
-            assert stat.S_IMODE(os.stat(tmp_path / "m.npz.ctl").st_mode) == 0o600  # only its owner may command
+            assert stat.S_IMODE(os.stat(endpoints["control"][len("ipc://"):]).st_mode) == 0o600  # only its owner may command
             result = classes_cli(*args, "--memory", str(path))
             assert result.returncode == 0, result.stderr
             rec = events.recv(10000).record
@@ -108,13 +108,46 @@ def test_rename_merge_delete_on_a_live_cluster_process(tmp_path):
         assert bad.returncode == 2 and "class name '../../x' is not allowed" in bad.stderr
         send(unseen, EndOfStream("t", 0))
         assert proc.wait(timeout=20) == 0
-        assert not (tmp_path / "m.npz.ctl").exists()  # the control socket file goes with the process
+        assert not os.path.exists(endpoints["control"][len("ipc://"):])  # the socket file goes with the process
     finally:
         if proc.poll() is None:
             proc.kill()
         for sock in (unseen, classes, events.sock):
             sock.close()
         ctx.term()
+
+
+def test_a_memory_path_too_long_for_a_unix_socket_gets_a_short_private_control_socket(tmp_path):
+    short = control_endpoint(str(tmp_path / "m.npz"))
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "m.npz"  # a unix socket's path holds IPC_MAX bytes at most
+    long = control_endpoint(str(deep))
+    assert len(long) - len("ipc://") <= IPC_MAX and long == control_endpoint(str(deep))  # derived, the same each time
+    assert long != control_endpoint(str(deep.with_name("n.npz")))
+    if len(short) - len("ipc://") <= IPC_MAX:
+        assert short == f"ipc://{(tmp_path / 'm.npz').resolve()}.ctl"
+    folder = os.path.dirname(long[len("ipc://"):])
+    assert stat.S_IMODE(os.stat(folder).st_mode) & 0o077 == 0 and os.stat(folder).st_uid == os.getuid()
+    ctx = zmq.Context()
+    try:  # it binds, where the long path cannot
+        open_socket(ctx, zmq.REP, long, bind=True, linger_ms=0).close()
+        with pytest.raises(OSError, match="longer than|too long|Invalid argument|name too long"):
+            open_socket(ctx, zmq.REP, f"ipc://{deep}.ctl", bind=True, linger_ms=0)
+    finally:
+        ctx.term()
+
+
+def test_a_control_folder_others_can_enter_is_refused(tmp_path):
+    (tmp_path / f"owd-{os.getuid()}").mkdir(mode=0o777)
+    os.chmod(tmp_path / f"owd-{os.getuid()}", 0o777)
+    with pytest.raises(ConfigError, match="not a folder only this user can enter"):
+        short_dir(tmp_path)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    os.rmdir(tmp_path / f"owd-{os.getuid()}")
+    os.symlink(tmp_path / "elsewhere", tmp_path / f"owd-{os.getuid()}")  # a link to a folder is not one
+    with pytest.raises(ConfigError, match="not a folder only this user can enter"):
+        short_dir(tmp_path)
+    os.unlink(tmp_path / f"owd-{os.getuid()}")
+    assert short_dir(tmp_path) == tmp_path / f"owd-{os.getuid()}"
 
 
 def test_names_cannot_escape_the_crops_folder(tmp_path):
