@@ -184,20 +184,26 @@ def test_several_sources_show_as_a_mosaic_one_tile_each(xvfb):
     frame_a, frame_b = (replace(f, frame=replace(f.frame, source=s)) for f, s in ((frame_a, a), (frame_b, b)))
     display, hud = Display("owd-test", None, [a, b]), Hud()
 
-    def settle() -> np.ndarray:
-        for _ in range(10):  # a window-manager-less server needs a few rounds to map and paint
-            display.idle()
-            time.sleep(0.05)
-        return grab(xvfb)
+    def settle(color) -> np.ndarray:
+        """The screen once a box of `color` shows (a window-manager-less server needs a few rounds to map and
+        paint, more on a loaded machine), or as it is after 20 s."""
+        deadline = time.monotonic() + 20
+        while True:
+            for _ in range(10):
+                display.idle()
+                time.sleep(0.05)
+            shot = grab(xvfb)
+            if len(edges(shot, color)) or time.monotonic() > deadline:
+                return shot
 
     def edges(shot: np.ndarray, color) -> np.ndarray:
         return np.flatnonzero(near(shot, color).sum(axis=0) >= 100)  # columns of a box's long sides
 
     try:
         display.show(frame_a, hud, 0)
-        first = settle()
+        first = settle(PALETTE[0])
         display.show(frame_b, hud, 0)
-        both = settle()
+        both = settle(PALETTE[1])
     finally:
         display.close()
     left = edges(first, PALETTE[0])
