@@ -63,9 +63,12 @@ def compute(settings, source: str, cache: Path, max_frames: int = 0) -> None:
 
 
 def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5,
-           pool: float = 0.0, steady: int = 0) -> tuple[int, dict[str, float], tuple[float, float], str]:
+           pool: float = 0.0, steady: int = 0, source: str | None = None) -> tuple[int, dict[str, float], tuple[float, float], str]:
+    """The cached boxes of each frame through the gate, with the source's frames read again when it opens (the
+    gate's ghost test looks at the pixels under motion boxes; the embeddings come from the cache)."""
     n, offsets = data["n"], np.concatenate([[0], np.cumsum(data["n"])])
-    image = np.zeros(tuple(data["shape"]), np.uint8)
+    blank = np.zeros(tuple(data["shape"]), np.uint8)
+    cap = cv2.VideoCapture(source) if source else None
     gate, tracker, votes, ages = Gate.empty(), BoxTracker(), LabelVotes(), TrackAges()
     gate.pool = pool
     origins = data.get("origins", np.full(int(n.sum()), "detector"))  # caches from before proposals: detector only
@@ -74,7 +77,8 @@ def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5
     late = []  # (label, detector class) over the second half
     for f in range(len(n)):
         a, b = offsets[f], offsets[f + 1]
-        msg = FrameEmbeddings(Frame("replay", f, 0.0, image), data["xyxy"][a:b], data["scores"][a:b],
+        ok, image = cap.read() if cap is not None and cap.isOpened() else (False, None)
+        msg = FrameEmbeddings(Frame("replay", f, 0.0, image if ok and image.shape == blank.shape else blank), data["xyxy"][a:b], data["scores"][a:b],
                               tuple(data["labels"][a:b]), data["emb"][a:b], origins=tuple(origins[a:b]))
         labeled, unseen = label(gate, msg, tracker, votes, 8, ages, persist, steady)
         if len(unseen):
@@ -125,7 +129,7 @@ def main() -> None:
     for values in itertools.product(*grid.values()) if grid else [()]:
         s = dataclasses.replace(settings.cluster, **dict(zip(grid, values)))
         classes, coverage, purity, majority = replay(data, s, settings.gate.alpha, period, settings.gate.persist,
-                                                     settings.gate.radius_pool, settings.gate.steady)
+                                                     settings.gate.radius_pool, settings.gate.steady, args.source)
         cov = "  ".join(f"{c} {v:.2f}" for c, v in coverage.items())
         print(f"{dict(zip(grid, values))}  classes {classes:3d}  labelled: {cov}  purity {purity[0]:.2f} "
               f"(car/truck as one: {purity[1]:.2f})\n    boxes of each class (2nd half): {majority}", flush=True)

@@ -1,16 +1,19 @@
 """What the gate keeps of class-agnostic boxes and what of them feeds clustering: a proposal stays when its
-embedding is seen as a class (SKZC's updated box predictor), a motion box when its track is old and steady;
-fragments and flickers are dropped, and only steady views of unseen tracks are clustered."""
+embedding is seen as a class (SKZC's updated box predictor), a motion box when its track is old, steady and
+has moved; fragments, flickers and ghosts are dropped, and only steady views of unseen tracks are clustered."""
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import cv2
 import numpy as np
 
 DETECTOR, PROPOSAL, MOTION = "detector", "proposal", "motion"
 STEADY_IOU = 0.6    # a track's box is steady in a frame when it overlaps its previous box at least this much
 STEADY_AREA = 0.75  # ... and its area is within this ratio of the previous box's
 FRAGMENT = 0.7      # a proposal or motion box this much inside a larger kept box is a part of it
+PATCH = 16          # side of the grey image of a track's first place, area-averaged (sensor noise averages out)
+MOVED = 16.0        # grey levels: a track has moved once a tenth of that image changed by at least this much
 
 
 class TrackAges:
@@ -21,6 +24,7 @@ class TrackAges:
         self.max_tracks = max_tracks
         self._age: OrderedDict[int, int] = OrderedDict()
         self._box: dict[int, tuple[np.ndarray, int]] = {}  # track -> (last box, steady frames in a row)
+        self._first: dict[int, tuple[np.ndarray, np.ndarray | None, bool]] = {}  # track -> (first box, its image, moved)
 
     def update(self, tracks: np.ndarray) -> np.ndarray:
         """tracks (N,) ids of one frame, -1 none -> each box's track age in frames after this one (0: no track)."""
@@ -43,8 +47,46 @@ class TrackAges:
                 self._box[t] = (box, run)
                 steady[i] = run
         while len(self._age) > self.max_tracks:
-            self._box.pop(self._age.popitem(last=False)[0], None)
+            t = self._age.popitem(last=False)[0]
+            self._box.pop(t, None)
+            self._first.pop(t, None)
         return age, steady
+
+    def moved(self, tracks: np.ndarray, xyxy: np.ndarray, image: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """(N,) bool: for the boxes `which` (motion regions), whether their track has moved: the place where it
+        began (its first box) no longer looks as it did then, in this frame or an earlier one. A background
+        subtractor also calls foreground the *ghost* of something that was there while it learnt the
+        background and has left (vtest.avi: walkers of its first frames, for 200 frames), and light
+        changing on a wall; such a region stays where it began and shows only background, which never
+        changes. Compared: the PATCH x PATCH grey image (area means) of the first box, then and now; moved
+        when its 90th percentile change is at least MOVED grey levels (the open-world benchmark's objects
+        18+ after 5 frames, vtest's ghosts at most 14 over their lives: docs/open-world.md, sixth session).
+        Other boxes, and boxes on no track: False."""
+        tracks = np.asarray(tracks).reshape(-1)
+        out = np.zeros(len(tracks), bool)
+        for i in np.flatnonzero(np.asarray(which, bool) & (tracks >= 0)):
+            t = int(tracks[i])
+            if t not in self._first:
+                box = np.array(xyxy[i], np.float32)  # a copy: the caller's array may change
+                self._first[t] = (box, _patch(image, box), False)
+                continue
+            box, then, done = self._first[t]
+            if not done and then is not None:
+                now = _patch(image, box)
+                done = now is not None and float(np.percentile(np.abs(now - then), 90)) >= MOVED
+                self._first[t] = (box, then, done)
+            out[i] = done
+        return out
+
+
+def _patch(image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    """The PATCH x PATCH grey image (area means, float32) of an image's box; None when under 2 px a side."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = np.round(np.clip(box, 0, [w, h, w, h])).astype(int)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    small = cv2.resize(image[y0:y1, x0:x1], (PATCH, PATCH), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return small.mean(axis=2) if small.ndim == 3 else small
 
 
 def _steady(a: np.ndarray, b: np.ndarray) -> bool:
@@ -56,10 +98,11 @@ def _steady(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def explained(origins: tuple[str, ...], seen: np.ndarray, ages: np.ndarray, persist: int,
-              steady: np.ndarray | None = None, min_steady: int = 0) -> np.ndarray:
+              steady: np.ndarray | None = None, min_steady: int = 0, moved: np.ndarray | None = None) -> np.ndarray:
     """(N,) bool: the boxes the gate keeps. Detector boxes always. A track is settled when it is at least
     `persist` frames old and its box has been steady for `min_steady` frames in a row. Motion boxes only
-    on a settled track, seen as a class or not (a foreground blob flickers whatever it looks like);
+    on a settled track that has `moved` (`TrackAges.moved`: not a ghost), seen as a class or not (a
+    foreground blob flickers whatever it looks like);
     low-score proposals only when seen as a class (SKZC's updated box predictor). An unseen low-score
     proposal is a guess even on a settled track: ByteTrack lets one continue a track a motion box
     started, and on the open-world benchmark those were 0.9 false boxes a frame on background once the
@@ -70,6 +113,8 @@ def explained(origins: tuple[str, ...], seen: np.ndarray, ages: np.ndarray, pers
     settled = np.asarray(ages) >= persist
     if steady is not None:
         settled &= np.asarray(steady) >= min_steady
+    if moved is not None:
+        settled &= np.asarray(moved, bool) | ~motion
     return detector | (settled & motion) | (np.asarray(seen, bool) & ~motion)
 
 

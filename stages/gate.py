@@ -29,7 +29,8 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     confirmed tracks whose voted label is unseen go to clustering, so a class can be required to
     span several tracks. Without one, every unseen box goes. Proposal and motion boxes are kept only
     when explained (models/openworld.py: a low-score proposal when seen as a class; a motion box on a
-    track `persist` frames old whose box was steady `steady` frames in a row; never a fragment of a
+    track `persist` frames old whose box was steady `steady` frames in a row and that has moved (not a
+    ghost: where it began looks different now); never a fragment of a
     larger kept box; a low-score proposal never around a smaller kept box), and feed clustering only
     from steady tracks; the labeled frame holds only kept boxes."""
     n = len(msg)
@@ -37,8 +38,9 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     index, distance = gate.classify(x)
     labels = gate.labels(index)
     detector = np.array([o == "detector" for o in msg.origins], bool).reshape(n)
+    motion = np.array([o == "motion" for o in msg.origins], bool).reshape(n)
     # ByteTrack starts tracks only from confident boxes; a foreground region is a sure "something"
-    track_scores = np.where(np.array([o == "motion" for o in msg.origins], bool).reshape(n), 1.0, msg.scores)
+    track_scores = np.where(motion, 1.0, msg.scores)
     track = tracker.update(msg.xyxy, track_scores) if tracker is not None else np.full(n, -1, np.int64)
     if votes is not None:
         labels = votes.vote(track, labels)
@@ -47,7 +49,8 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     keep = np.ones(n, bool)
     proposals = not detector.all()  # class-agnostic boxes in this frame: the open-world rules apply
     if proposals:
-        keep = explained(msg.origins, seen, age, persist, still, steady)
+        moved = ages.moved(track, msg.xyxy, msg.image, motion) if ages is not None else None
+        keep = explained(msg.origins, seen, age, persist, still, steady, moved)
         keep &= ~fragments(msg.xyxy, msg.origins, keep)
         keep &= ~loose(msg.xyxy, msg.origins, keep)
     labeled = LabeledFrame(msg.frame, msg.xyxy, msg.scores, msg.det_labels,

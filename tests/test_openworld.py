@@ -109,8 +109,14 @@ def test_origins_are_checked_and_default_to_detector():
         FrameDetections(**base, origins=("motion", "motion"))
 
 
-def embedded(index: int, boxes, vectors, origins) -> FrameEmbeddings:
-    return FrameEmbeddings(Frame("s", index, 1.0, np.zeros((240, 320, 3), np.uint8)), np.array(boxes, np.float32),
+def embedded(index: int, boxes, vectors, origins, image: np.ndarray | None = None) -> FrameEmbeddings:
+    """One frame's embedded boxes; the image (black unless given) shows a white object in each box, as the
+    camera would where a motion region is (the gate tells a moving thing from a ghost by the pixels)."""
+    if image is None:
+        image = np.zeros((240, 320, 3), np.uint8)
+        for x0, y0, x1, y1 in np.array(boxes, int).reshape(-1, 4):
+            image[y0:y1, x0:x1] = 255
+    return FrameEmbeddings(Frame("s", index, 1.0, image), np.array(boxes, np.float32),
                            np.full(len(boxes), 0.2, np.float32), ("object",) * len(boxes),
                            np.array(vectors, np.float32).reshape(len(boxes), -1), origins=tuple(origins))
 
@@ -210,4 +216,44 @@ def test_the_gate_clusters_a_steady_motion_track_but_not_its_jumping_fragment():
         kept.append(len(labeled))
         clustered += [int(np.argmax(e)) for e in unseen.embeddings]
     assert kept[-1] == 1 and max(kept) == 1  # the part inside the whole is never a box of its own
+    assert clustered and set(clustered) == {5}
+
+
+def test_a_track_has_moved_once_where_it_began_looks_different_and_stays_so():
+    ages, rng = TrackAges(), np.random.default_rng(0)
+    ground = scene(rng).astype(np.float32)
+    boxes = np.array([[20, 20, 80, 80], [200, 150, 260, 210], [100, 150, 160, 210]], np.float32)
+    which = np.array([True, True, False])  # the third is no motion box: never asked
+    out = []
+    for i in range(12):
+        image = ground + rng.normal(0, 3, ground.shape)  # sensor noise everywhere
+        x = 20 + 3 * min(i, 8)  # a square crossing its first place, then standing
+        image[20:80, x:x + 60] = 255
+        boxes[0, [0, 2]] = x, x + 60
+        out.append(ages.moved(np.array([1, 2, 3]), boxes, np.clip(image, 0, 255).astype(np.uint8), which).tolist())
+    assert out[0] == [False, False, False]  # a track's first frame: nothing to compare with
+    assert out[1] == [False, False, False]  # 3 px: a sliver of its first place
+    assert out[-1] == [True, False, False]  # moved, and still moved once it stands; the ghost never
+    assert ages.moved(np.array([-1]), boxes[:1], image.astype(np.uint8), np.array([True])).tolist() == [False]
+
+
+def test_a_ghost_motion_region_is_never_kept_nor_clustered():
+    """A region the background subtractor calls foreground where nothing moves (the ghost of a walker that
+    stood there while it learnt the background, vtest.avi): old and steady, but its place never changes.
+    The object crossing beside it is kept and clustered."""
+    gate, tracker, votes, ages = Gate.empty(8), BoxTracker(), LabelVotes(), TrackAges()
+    rng = np.random.default_rng(1)
+    ground = scene(rng).astype(np.float32)
+    ghost = [200, 150, 260, 210]
+    kept, clustered = [], []
+    for i in range(12):
+        image = ground + rng.normal(0, 3, ground.shape)
+        x = 20 + 2 * i
+        image[20:80, x:x + 60] = 255
+        msg = embedded(i, [[x, 20, x + 60, 80], ghost], [np.eye(8)[5], np.eye(8)[6]], ["motion", "motion"],
+                       np.clip(image, 0, 255).astype(np.uint8))
+        labeled, unseen = label(gate, msg, tracker, votes, 32, ages, 5, 3)
+        kept += [b.tolist() for b in labeled.xyxy]
+        clustered += [int(np.argmax(e)) for e in unseen.embeddings]
+    assert ghost not in kept and len(kept) >= 3
     assert clustered and set(clustered) == {5}

@@ -72,7 +72,9 @@ def test_the_gate_keeps_the_motion_box_not_the_seen_proposal_around_it():
     tracker, votes, ages = BoxTracker(), LabelVotes(), TrackAges()
     for i in range(8):
         fit, around = [20 + i, 20, 60 + i, 60], [5 + i, 5, 80 + i, 90]
-        msg = FrameEmbeddings(Frame("s", i, 1.0, np.zeros((240, 320, 3), np.uint8)),
+        image = np.zeros((240, 320, 3), np.uint8)
+        image[20:60, 20 + i:60 + i] = 255  # the object the motion box fits, moving
+        msg = FrameEmbeddings(Frame("s", i, 1.0, image),
                               np.array([fit, around], np.float32),
                               np.array([1.0, 0.2], np.float32), ("object", "kite"),
                               np.array([np.eye(dim)[0], np.eye(dim)[0]], np.float32), origins=("motion", "proposal"))
