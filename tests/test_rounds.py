@@ -146,8 +146,8 @@ def test_the_cluster_stage_answers_every_round_and_clusters_only_when_asked(tmp_
             if sub.poll(300):
                 break
         assert len(classes.recv(0)) == 0  # answered, nothing to discover
-        while sub.poll(500):
-            classes.recv(0)
+        while sub.poll(3000):  # answers to the earlier attempts, late on a loaded machine: all empty
+            assert len(classes.recv(0)) == 0
         # two kinds of thing, four tracks each, three views a track: a class each once clustered
         things = np.repeat(E[:2], 4, axis=0) + 0.15 * rng.normal(size=(8, DIM))   # 8 objects of 2 kinds
         x = (np.repeat(things, 3, axis=0) + 1e-3 * rng.normal(size=(24, DIM))).astype(np.float32)
@@ -158,7 +158,7 @@ def test_the_cluster_stage_answers_every_round_and_clusters_only_when_asked(tmp_
         ask = UnseenBatch("cam", 1003, np.zeros((0, DIM), np.float32), np.zeros(0, np.int64), round=True)
         send(push, ask)
         assert sub.poll(20000)
-        assert len(classes.recv(0)) == 2
+        assert len(classes.recv(0)) == 2  # the round asked for: both kinds
         third = (np.repeat(E[2:3] + 0.15 * rng.normal(size=(4, DIM)), 3, axis=0)
                  + 1e-3 * rng.normal(size=(12, DIM))).astype(np.float32)   # 4 objects of a third kind
         send(push, UnseenBatch("cam", 1004, third / np.linalg.norm(third, axis=1, keepdims=True),
