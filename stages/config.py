@@ -62,9 +62,10 @@ class DetectSettings:
     runtime: Runtime = "auto"    # auto: the fastest installed one, measured once per CPU (models/runtimes.py)
     options: dict[str, Any] = field(default_factory=dict)  # passed to the model factory
     # Class-agnostic proposals beside the confident boxes (models/proposals.py); the gate keeps those it can explain.
-    # Off by default: on the open-world benchmark they find moving unknown objects (recall 0.82) but add 5.4 false
-    # boxes per frame and merge vtest's vans with its people (docs/open-world.md); `--set detect.proposals=true`.
-    proposals: bool = False
+    # On by default since the sixth session: objects no COCO class names get boxes while they move in a fixed
+    # camera's view (open-world benchmark: recall 0.88-0.89, 0.28-0.39 false boxes a frame; docs/open-world.md);
+    # demo clip: 1.18x the wall time, 1.28x the CPU of detector boxes alone. false = the confident boxes only.
+    proposals: bool = True
     proposal_score: float = field(default=0.1, metadata=between(0, 1))  # detector boxes of any class from this
     #                                                                    score up to score_threshold are proposals
     proposal_iou: float = field(default=0.5, metadata=between(0, 1))  # class-agnostic NMS over all boxes
