@@ -62,8 +62,8 @@ def compute(settings, source: str, cache: Path, max_frames: int = 0) -> None:
              origins=np.array([o for m in rows for o in m.origins]))
 
 
-def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5,
-           pool: float = 0.0, steady: int = 0, source: str | None = None) -> tuple[int, dict[str, float], tuple[float, float], str]:
+def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5, pool: float = 0.0,
+           steady: int = 0, source: str | None = None) -> tuple[int, dict[str, float], tuple[float, float], str]:
     """The cached boxes of each frame through the gate, with the source's frames read again when it opens (the
     gate's ghost test looks at the pixels under motion boxes; the embeddings come from the cache)."""
     n, offsets = data["n"], np.concatenate([[0], np.cumsum(data["n"])])
@@ -77,9 +77,10 @@ def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5
     late = []  # (label, detector class) over the second half
     for f in range(len(n)):
         a, b = offsets[f], offsets[f + 1]
-        ok, image = cap.read() if cap is not None and cap.isOpened() else (False, None)
-        msg = FrameEmbeddings(Frame("replay", f, 0.0, image if ok and image.shape == blank.shape else blank), data["xyxy"][a:b], data["scores"][a:b],
-                              tuple(data["labels"][a:b]), data["emb"][a:b], origins=tuple(origins[a:b]))
+        ok, image = cap.read() if cap is not None else (False, None)  # an unopened capture reads nothing too
+        frame = Frame("replay", f, 0.0, image if ok and image.shape == blank.shape else blank)
+        msg = FrameEmbeddings(frame, data["xyxy"][a:b], data["scores"][a:b], tuple(data["labels"][a:b]),
+                              data["emb"][a:b], origins=tuple(origins[a:b]))
         labeled, unseen = label(gate, msg, tracker, votes, 8, ages, persist, steady)
         if len(unseen):
             buffer.add(unseen.embeddings, unseen.track)
@@ -87,6 +88,8 @@ def replay(data, s: ClusterSettings, alpha: float, period: int, persist: int = 5
             discover(gate, buffer, rules, alpha)
         if f >= len(n) // 2:
             late += list(zip(labeled.labels, labeled.det_labels))
+    if cap is not None:
+        cap.release()
     coverage = {c: float(np.mean([lab != UNSEEN for lab, dc in late if dc == c]))
                 for c, _ in Counter(dc for _, dc in late).most_common(3)}
     # The detector calls the same parked van "car" in one frame and "truck" in the next (even both in

@@ -113,8 +113,8 @@ def explained(origins: tuple[str, ...], seen: np.ndarray, ages: np.ndarray, pers
     settled = np.asarray(ages) >= persist
     if steady is not None:
         settled &= np.asarray(steady) >= min_steady
-    if moved is not None:
-        settled &= np.asarray(moved, bool) | ~motion
+    if moved is not None:  # `settled` only ever decides motion boxes
+        settled &= np.asarray(moved, bool)
     return detector | (settled & motion) | (np.asarray(seen, bool) & ~motion)
 
 
