@@ -127,7 +127,12 @@ class ClassSearch:
     def propose(self, dense: DenseMap) -> np.ndarray:
         """(M, 4) float32 windows worth embedding: per class the `per_class` best (mean cosine to its
         prototypes, NMS at `iou`) at its own sizes; then one NMS over all, at most `limit`."""
-        boxes, rank = [], []
+        return self.candidates(dense)[0]
+
+    def candidates(self, dense: DenseMap) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """`propose`'s windows (M, 4), the class each was found for, and whether it is vouched for (M,) bool:
+        its map cosine to the class is no lower than that of the class's least typical own box (`reach`)."""
+        boxes, rank, names, vouched = [], [], [], []
         for name, protos in self.protos.items():
             w, h = np.median(np.stack(self.sizes[name]), axis=0)
             window_shapes = [(w * a, h * b) for a in SHAPE_STEPS for b in SHAPE_STEPS]
@@ -137,10 +142,46 @@ class ClassSearch:
             keep = top[agnostic_nms(win.xyxy[top], win.cosine[top, 0], self.iou)[:self.per_class]]
             boxes.append(win.xyxy[keep])
             rank.append(win.cosine[keep, 0])
+            names += [name] * len(keep)
+            vouched.append(win.cosine[keep, 0] >= self.reach(name) - 1e-6)
         if not boxes:
-            return np.zeros((0, 4), np.float32)
-        boxes, rank = np.concatenate(boxes), np.concatenate(rank)
-        return boxes[agnostic_nms(boxes, rank, 0.7)][:self.limit]
+            return np.zeros((0, 4), np.float32), [], np.zeros(0, bool)
+        boxes, rank, vouched = np.concatenate(boxes), np.concatenate(rank), np.concatenate(vouched)
+        best = agnostic_nms(boxes, rank, 0.7)[:self.limit]
+        return boxes[best], [names[i] for i in best], vouched[best]
+
+    def reach(self, name: str) -> float:
+        """The lowest cosine of one of the class's own prototypes to their mean: a window at least this like
+        the class in the map is as typical of it as every box the class was learnt from (a rank, no new
+        threshold); with fewer than `MIN_REACH` prototypes nothing is vouched for (+inf)."""
+        protos = np.stack(self.protos[name])
+        if len(protos) < MIN_REACH:
+            return np.inf
+        centre = protos.mean(axis=0)
+        return float((protos @ (centre / max(np.linalg.norm(centre), 1e-12))).min())
+
+
+MIN_REACH = 4  # prototypes a class needs before its map reach vouches for a window (one box is its own mean)
+
+
+def vouch(centroids: np.ndarray, space_x: np.ndarray, det_labels: tuple[str, ...], names: list[str],
+          index: np.ndarray) -> np.ndarray:
+    """The gate's side of the search's acceptance: a window the map vouched for as class c (det_label
+    `VOUCHED` + c) and left unseen by the radius is seen as c when its crop embedding's nearest class is c
+    too: two views of the window (the frame's map, its own crop) agree on the class. Every other box keeps
+    the gate's index (the paper's α-radius). space_x: (N, D) the boxes in the gate's space; index (N,)."""
+    index = np.asarray(index).copy()
+    rows = [i for i, lab in enumerate(det_labels) if lab.startswith(VOUCHED) and index[i] < 0]
+    if not rows or len(centroids) == 0:
+        return index
+    nearest = np.linalg.norm(space_x[rows][:, None] - centroids[None], axis=2).argmin(axis=1)
+    for i, k in zip(rows, nearest):
+        if names[k] == det_labels[i][len(VOUCHED):]:
+            index[i] = k
+    return index
+
+
+VOUCHED = "search:"  # det_label prefix of a window the map vouched for; the class name follows
 
 
 def variants(box: np.ndarray, step: float) -> np.ndarray:

@@ -8,7 +8,7 @@ from models.proposals import box_iou
 from models.search import ClassSearch, DenseMap, integral, pool_boxes, score_windows
 from models.sddc import Gate, normalize
 from stages.config import ConfigError, load
-from stages.embed import Search, embed
+from stages.embed import SEARCH_LABEL as SEARCH, Search, embed
 from stages.gate import label
 from stream.messages import ClassUpdate, Frame, FrameDetections
 from stream.topology import LINKS
@@ -201,3 +201,37 @@ def test_no_window_over_a_box_the_frame_already_has_unless_an_unseen_guess():
         out = embed(model, [msg], search)[0]
         windows = out.xyxy[[lab == "search" for lab in out.det_labels]]
         assert (box_iou(windows, truth).max(initial=0) >= 0.5) == added, origin
+
+
+def test_the_map_vouches_only_for_windows_as_typical_of_a_class_as_its_own_boxes():
+    rng = np.random.default_rng(3)
+    finder = ClassSearch(per_class=3, limit=6)
+    for x in (3, 9, 15, 21):  # four boxes of the class, each in a frame of its own
+        finder.learn(DenseMap(synthetic_map(rng, (x, 3, x + 4, 6)), 16.0, (320, 480)),
+                     np.array([[x * 16, 48, x * 16 + 64, 96]], np.float32), ["thing"])
+    found, names, vouched = finder.candidates(DenseMap(synthetic_map(rng, (20, 12, 24, 15)), 16.0, (320, 480)))
+    on = box_iou(found, np.array([[320, 192, 384, 240]], np.float32))[:, 0] >= 0.5
+    assert names == ["thing"] * len(found) and on.sum() == 1 and len(found) > 1
+    assert vouched[on].all() and not vouched[~on].any()  # background windows are less like it than any member
+    assert finder.reach("thing") < 1.0
+    few = ClassSearch()
+    few.learn(DenseMap(synthetic_map(rng, (3, 3, 7, 6)), 16.0, (320, 480)), np.array([[48, 48, 112, 96]]), ["one"])
+    assert few.reach("one") == np.inf  # one box is its own mean: no reach to vouch with
+
+
+def test_the_gate_sees_a_vouched_window_as_its_class_only_when_its_crop_is_nearest_that_class():
+    from models.search import VOUCHED, vouch
+    from stream.messages import FrameEmbeddings
+    gate = Gate.empty(set_size=7)
+    gate.add("A", normalize(np.array([[1.0, 0.0, 0.0]]))[0], 0.1, 10, discovered=True)
+    gate.add("B", normalize(np.array([[0.0, 1.0, 0.0]]))[0], 0.1, 10, discovered=True)
+    near_a = normalize(np.array([[1.0, 0.5, 0.0]], np.float32))  # nearest A, outside its radius (0.46 > 0.1)
+    x = np.vstack([near_a] * 4 + [normalize(np.array([[1.0, 0.02, 0.0]], np.float32))])
+    labels = (VOUCHED + "A", SEARCH, VOUCHED + "B", "thing", SEARCH)
+    index = vouch(gate.centroids, gate.space(x), labels, gate.names, gate.classify(x)[0])
+    assert index.tolist() == [0, -1, -1, -1, 0]  # the last one is inside A's radius: the paper's gate already
+    msg = FrameEmbeddings(Frame("cam", 0, 0.0, np.zeros((64, 64, 3), np.uint8)),
+                          np.tile(np.array([[0, 0, 20, 20]], np.float32), (5, 1)) + np.arange(5)[:, None] * 8,
+                          np.zeros(5, np.float32), labels, x, origins=("proposal",) * 3 + ("detector", "proposal"))
+    labeled, _ = label(gate, msg)
+    assert list(labeled.labels) == ["A", "unseen", "A"]  # the detector box stays, unseen; the unvouched go
