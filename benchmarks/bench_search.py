@@ -31,7 +31,7 @@ from models.boxes import crop
 from models.proposals import MotionProposer, box_iou
 from models.registry import DETECTORS, EMBEDDERS
 from models.sddc import UNSEEN, Gate, normalize
-from models.search import ClassSearch, dense_map, refine
+from models.search import VOUCHED, ClassSearch, dense_map, refine, vouch
 from stages.config import load
 from stages.detect import Proposals, detect
 from stream.messages import Frame
@@ -82,15 +82,19 @@ def oracle(embedder, moving: list, rows: list, alpha: float, finder: ClassSearch
     return gate
 
 
-def judge(gate: Gate, x: np.ndarray, always: np.ndarray, factor: float = 1.0) -> tuple[np.ndarray, list]:
+def judge(gate: Gate, x: np.ndarray, always: np.ndarray, factor: float = 1.0,
+          det_labels: tuple = ()) -> tuple[np.ndarray, list]:
     """x (N, D) normalized box embeddings -> (kept (N,) bool, labels): the nearest class when within `factor`
     times its radius (the gate's rule at factor 1, its classes being one embedding set), else unseen; a box is
-    kept when seen or `always` (the detector's confident boxes)."""
+    kept when seen or `always` (the detector's confident boxes). With det_labels, a window the map vouched for
+    is also seen when its nearest class is the one vouched (models/search.vouch, what the gate stage does)."""
     if len(x) == 0:
         return np.zeros(0, bool), []
     dist = np.linalg.norm(x[:, None] - gate.centroids[None], axis=2)  # (N, K)
     near = dist.argmin(axis=1)
     seen = dist[np.arange(len(x)), near] <= factor * gate.radii[near]
+    if det_labels:
+        seen = vouch(gate.centroids, x, det_labels, gate.names, np.where(seen, near, -1)) >= 0
     return seen | always, [gate.names[k] if ok else UNSEEN for k, ok in zip(near, seen)]
 
 
@@ -147,6 +151,7 @@ def main() -> int:
             frame = Frame("still", i, 0.0, image)
             g = np.array([o["bbox"] for o in gt], np.float32)
             cands = {"perfect boxes (ground truth)": (g, np.zeros(len(g), bool), 0.0)}
+            tags = {}  # candidate set -> det_labels of its boxes (the vouched windows)
             for name, score, limit in (("today's proposals", d.proposal_score, d.max_proposals),
                                        ("detector >= 0.05, best 50", 0.05, 50)):
                 t = time.perf_counter()
@@ -154,8 +159,10 @@ def main() -> int:
                 m = detect(model, [frame], d.score_threshold, d.min_box, d.nms_iou, prop)[0]
                 cands[name] = (m.xyxy, np.array([o == "detector" for o in m.origins], bool), time.perf_counter() - t)
             t = time.perf_counter()
-            boxes = finder.propose(dense_map(embedder, image, args.scale, args.grid))
+            boxes, names, vouched = finder.candidates(dense_map(embedder, image, args.scale, args.grid))
             cands["class search"] = (boxes, np.zeros(len(boxes), bool), time.perf_counter() - t)
+            cands["class search, vouched"] = cands["class search"]
+            tags["class search, vouched"] = tuple(VOUCHED + n if v else "search" for n, v in zip(names, vouched))
             if args.refine:
                 t = time.perf_counter()
                 tried = []  # refining windows embeds their variants too
@@ -175,7 +182,7 @@ def main() -> int:
             for name, (xyxy, always, dt) in cands.items():
                 t = time.perf_counter()
                 x = normalize(embedder.embed(crop(image, xyxy))) if len(xyxy) else np.zeros((0, embedder.dim))
-                runs[name].append((gate, gt, xyxy, x, always, dt + time.perf_counter() - t))
+                runs[name].append((gate, gt, xyxy, x, always, tags.pop(name, ()), dt + time.perf_counter() - t))
         print(f"seed {seed}: classes {', '.join(f'{n} r={r:.2f}' for n, r in zip(gate.names, gate.radii))}",
               flush=True)
     print(f"{len(args.seeds)} seeds x {args.frames} still frames; scale {args.scale}, per class {args.per_class}, "
@@ -185,8 +192,8 @@ def main() -> int:
     for factor in args.factors:
         for name, rows in runs.items():
             a = dict.fromkeys(("objects", "hits", "boxed", "covered", "false", "frames", "embedded"), 0)
-            for gate, gt, xyxy, x, always, dt in rows:
-                kept, labels = judge(gate, x, always, factor)
+            for gate, gt, xyxy, x, always, det_labels, dt in rows:
+                kept, labels = judge(gate, x, always, factor, det_labels)
                 tally(a, gt, known, xyxy[kept], [lab for lab, k in zip(labels, kept) if k], xyxy)
             n, f = max(a["objects"], 1), max(a["frames"], 1)
             a["embedded"] += extra[name]
