@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.proposals import box_iou
-from models.search import ClassSearch, DenseMap, integral, pool_boxes, score_windows
+from models.search import ClassSearch, DenseMap, dense_map, integral, pool_boxes, score_windows
 from models.sddc import Gate, normalize
 from stages.config import ConfigError, load
 from stages.embed import SEARCH_LABEL as SEARCH, Search, embed
@@ -235,3 +235,22 @@ def test_the_gate_sees_a_vouched_window_as_its_class_only_when_its_crop_is_neare
                           np.zeros(5, np.float32), labels, x, origins=("proposal",) * 3 + ("detector", "proposal"))
     labeled, _ = label(gate, msg)
     assert list(labeled.labels) == ["A", "unseen", "A"]  # the detector box stays, unseen; the unvouched go
+
+
+def test_a_still_object_outside_the_radius_is_found_through_a_vouched_window_and_only_it():
+    model = Fake()
+    gate = Gate.empty(set_size=7)
+    loose = [still_scene(32, 16)[0][0:80, 16:80]]  # the class's crops were loose: the exact view lies outside
+    gate.add("novel-1", normalize(model.embed(loose))[0], 1e-3, 10, discovered=True)
+    search = Search(model, gate, ClassSearch())
+    for x in (32, 64, 96, 128):  # four frames where a box of the class came through
+        image, box = still_scene(x, 16)
+        search.finder.learn(dense_map(model, image), box, ["novel-1"])
+    still, truth = still_scene(160, 96)
+    out = embed(model, [detections(5, still, np.zeros((0, 4)))], search)[0]
+    assert any(lab.startswith("search:") for lab in out.det_labels)
+    labeled, _ = label(gate, out)
+    assert [box_iou(b, truth).item() >= 0.5 for b in labeled.xyxy] == [True] and list(labeled.labels) == ["novel-1"]
+    radius_only = out.__class__(out.frame, out.xyxy, out.scores, (SEARCH,) * len(out), out.embeddings,
+                                origins=out.origins)
+    assert len(label(gate, radius_only)[0]) == 0  # the paper's gate alone: not one box
