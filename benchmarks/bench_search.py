@@ -12,7 +12,8 @@ at IoU >= 0.5 by a kept box with the object's class), box recall (any kept box),
 kept or not), false boxes per frame (kept, covering no object), candidates embedded per frame, seconds
 per frame (single thread, the machine's load printed). Candidate sets: today's proposals (the detector's
 boxes, low-score ones >= detect.proposal_score, best detect.max_proposals), all detector boxes >= 0.05
-(best 50), the class search (models/search.py), and today's proposals plus the search.
+(best 50), the class search (models/search.py), the same windows judged as the gate stage does with the
+map's vouching (`class search, vouched`: models/search.vouch), and today's proposals plus the search.
 """
 from __future__ import annotations
 
