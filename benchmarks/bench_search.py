@@ -127,6 +127,9 @@ def main() -> int:
                    help="radius multipliers to judge boxes with (1 = the gate's rule)")
     p.add_argument("--refine", type=int, default=0, help="rounds of refining searched windows (0: none)")
     p.add_argument("--near", type=float, default=1.25, help="refine windows within this many radii of a class")
+    p.add_argument("--member-q", type=float, default=0.25, help="LDA vouching: quantile of the class's own scores")
+    p.add_argument("--clean", action="store_true", help="LDA background from windows on no box of the frame only")
+    p.add_argument("--shrink", type=float, default=0.1, help="LDA covariance shrinkage (x mean variance)")
     p.add_argument("--oracle", choices=("gt", "motion"), default="motion",
                    help="class members: ground-truth boxes, or motion boxes matching an object (IoU >= 0.5)")
     args = p.parse_args()
@@ -145,7 +148,8 @@ def main() -> int:
         moving, still = [], []
         for phase, source, image, gt in video.frames(args.moving, 0, args.frames, seed, empty=30):
             (still if phase == "still" else moving).append((image, gt))
-        finder = ClassSearch(args.per_class, args.limit)
+        finder = ClassSearch(args.per_class, args.limit, accept="lda", member_q=args.member_q, clean=args.clean,
+                             shrink=args.shrink)  # learns the background too; rank and accept set per row below
         rows = members(moving, args.oracle == "motion", d.motion_history, d.min_box)
         gate = oracle(embedder, moving, rows, s.gate.alpha, finder, args.scale, args.grid)
         for i, (image, gt) in enumerate(still):
@@ -160,10 +164,19 @@ def main() -> int:
                 m = detect(model, [frame], d.score_threshold, d.min_box, d.nms_iou, prop)[0]
                 cands[name] = (m.xyxy, np.array([o == "detector" for o in m.origins], bool), time.perf_counter() - t)
             t = time.perf_counter()
-            boxes, names, vouched = finder.candidates(dense_map(embedder, image, args.scale, args.grid))
+            dense = dense_map(embedder, image, args.scale, args.grid)
+            finder.rank, finder.accept = "cosine", "reach"
+            boxes, names, vouched = finder.candidates(dense)
             cands["class search"] = (boxes, np.zeros(len(boxes), bool), time.perf_counter() - t)
             cands["class search, vouched"] = cands["class search"]
             tags["class search, vouched"] = tuple(VOUCHED + n if v else "search" for n, v in zip(names, vouched))
+            for rank in ("cosine", "lda"):  # the LDA model: vouching the cosine's windows; ranking its own
+                t = time.perf_counter()
+                finder.rank, finder.accept = rank, "lda"
+                found, names, vouched = finder.candidates(dense)
+                row = "class search, LDA-vouched" if rank == "cosine" else "LDA search, LDA-vouched"
+                cands[row] = (found, np.zeros(len(found), bool), time.perf_counter() - t)
+                tags[row] = tuple(VOUCHED + n if v else "search" for n, v in zip(names, vouched))
             if args.refine:
                 t = time.perf_counter()
                 tried = []  # refining windows embeds their variants too
@@ -180,18 +193,25 @@ def main() -> int:
             today = cands["today's proposals"]
             cands["today's + search"] = (np.vstack([today[0], boxes]), np.r_[today[1], cands["class search"][1]],
                                          today[2] + cands["class search"][2])
+            done = {}  # boxes -> their embeddings: candidate sets sharing windows embed them once
             for name, (xyxy, always, dt) in cands.items():
                 t = time.perf_counter()
-                x = normalize(embedder.embed(crop(image, xyxy))) if len(xyxy) else np.zeros((0, embedder.dim))
-                runs[name].append((gate, gt, xyxy, x, always, tags.pop(name, ()), dt + time.perf_counter() - t))
+                key = np.asarray(xyxy, np.float32).tobytes()
+                if key not in done:
+                    done[key] = normalize(embedder.embed(crop(image, xyxy))) if len(xyxy) else np.zeros((0, embedder.dim))
+                x = done[key]
+                runs[name].append((seed, gate, gt, xyxy, x, always, tags.pop(name, ()), dt + time.perf_counter() - t))
         print(f"seed {seed}: classes {', '.join(f'{n} r={r:.2f}' for n, r in zip(gate.names, gate.radii))}",
               flush=True)
     print(f"{len(args.seeds)} seeds x {args.frames} still frames; scale {args.scale}, per class {args.per_class}, "
-          f"limit {args.limit}, oracle {args.oracle}; "
+          f"limit {args.limit}, oracle {args.oracle}; LDA member quantile {args.member_q}, shrink {args.shrink}, "
+          f"{'clean' if args.clean else 'all-window'} background; "
           f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'candidates':28s} radius  recall  box recall  coverage  false/frame  embedded/frame  s/frame")
-    for factor in args.factors:
-        for name, rows in runs.items():
+    print(f"{'candidates':28s} seeds  radius  recall  box recall  coverage  false/frame  embedded/frame  s/frame")
+    for factor, seeds, (name, rows) in ((f, ss, r) for f in args.factors
+                                        for ss in [[sd] for sd in args.seeds] + ([args.seeds] if len(args.seeds) > 1 else [])
+                                        for r in runs.items()):
+            rows = [r[1:] for r in rows if r[0] in seeds]
             a = dict.fromkeys(("objects", "hits", "boxed", "covered", "false", "frames", "embedded"), 0)
             for gate, gt, xyxy, x, always, det_labels, dt in rows:
                 kept, labels = judge(gate, x, always, factor, det_labels)
@@ -199,7 +219,7 @@ def main() -> int:
             n, f = max(a["objects"], 1), max(a["frames"], 1)
             a["embedded"] += extra[name]
             sec = sum(r[-1] for r in rows) / f
-            print(f"{name:28s} {factor:5.2f}x  {a['hits'] / n:6.2f}  {a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  "
+            print(f"{name:28s} {'all' if len(seeds) > 1 else seeds[0]:>5}  {factor:5.2f}x  {a['hits'] / n:6.2f}  {a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  "
                   f"{a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  {sec:7.2f}")
     return 0
 
