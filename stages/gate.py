@@ -38,7 +38,7 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     index, distance = gate.classify(x)
     # class-search windows the map vouched for: seen as that class when the crop's nearest class agrees
     if len(gate) and any(lab.startswith(VOUCHED) for lab in msg.det_labels):
-        index = vouch(gate.centroids, gate.space(x), msg.det_labels, gate.names, index)
+        index = vouch(gate.centroids, gate.space(x), msg.det_labels, gate.names, index, msg.origins)
     labels = gate.labels(index)
     detector = np.array([o == "detector" for o in msg.origins], bool).reshape(n)
     # ByteTrack starts tracks only from confident boxes; a foreground region is a sure "something"

@@ -203,9 +203,10 @@ def test_no_window_over_a_box_the_frame_already_has_unless_an_unseen_guess():
         assert (box_iou(windows, truth).max(initial=0) >= 0.5) == added, origin
 
 
-def test_the_map_vouches_only_for_windows_as_typical_of_a_class_as_its_own_boxes():
+@pytest.mark.parametrize("accept", ["reach", "lda"])
+def test_the_map_vouches_only_for_windows_as_typical_of_a_class_as_its_own_boxes(accept):
     rng = np.random.default_rng(3)
-    finder = ClassSearch(per_class=3, limit=6)
+    finder = ClassSearch(per_class=3, limit=6, accept=accept)
     for x in (3, 9, 15, 21):  # four boxes of the class, each in a frame of its own
         finder.learn(DenseMap(synthetic_map(rng, (x, 3, x + 4, 6)), 16.0, (320, 480)),
                      np.array([[x * 16, 48, x * 16 + 64, 96]], np.float32), ["thing"])
@@ -235,6 +236,47 @@ def test_the_gate_sees_a_vouched_window_as_its_class_only_when_its_crop_is_neare
                           np.zeros(5, np.float32), labels, x, origins=("proposal",) * 3 + ("detector", "proposal"))
     labeled, _ = label(gate, msg)
     assert list(labeled.labels) == ["A", "unseen", "A"]  # the detector box stays, unseen; the unvouched go
+
+
+def test_a_forged_vouch_from_the_wire_cannot_name_a_class_the_box_is_not_nearest_nor_vouch_for_a_non_window():
+    from models.search import VOUCHED
+    from stream.messages import FrameEmbeddings
+    gate = Gate.empty(set_size=7)
+    gate.add("A", normalize(np.array([[1.0, 0.0, 0.0]]))[0], 0.1, 10, discovered=True)
+    gate.add("B", normalize(np.array([[0.0, 1.0, 0.0]]))[0], 0.1, 10, discovered=True)
+    x = normalize(np.array([[1.0, 0.5, 0.0], [1.0, 0.5, 0.0], [0.1, 0.5, 1.0], [1.0, 0.5, 0.0]], np.float32))
+    labels = (VOUCHED + "B", VOUCHED + "A", VOUCHED + "A", VOUCHED + "A")  # all forged as vouched
+    origins = ("proposal", "detector", "proposal", "motion")
+    msg = FrameEmbeddings(Frame("cam", 0, 0.0, np.zeros((64, 64, 3), np.uint8)),
+                          np.array([[0, 0, 20, 20], [30, 0, 50, 20], [0, 30, 20, 50], [30, 30, 50, 50]], np.float32),
+                          np.array([0.0, 0.9, 0.0, 0.5], np.float32), labels, x, origins=origins)
+    labeled, _ = label(gate, msg)
+    # nearest A but forged as B: dropped; the detector and motion boxes are not windows: unseen, never A;
+    # the third is nearest B (outside its radius), forged as A: dropped
+    assert "B" not in list(labeled.labels) and "A" not in list(labeled.labels)
+    forged = FrameEmbeddings(msg.frame, msg.xyxy, msg.scores, (VOUCHED + "A",) * 4, x, origins=("proposal",) * 4)
+    assert list(label(gate, forged)[0].labels).count("A") == 3  # what the same label on windows nearest A does
+
+
+def test_the_lda_model_separates_a_class_from_background_that_the_centroid_cosine_confuses():
+    from models.search import Background
+    rng = np.random.default_rng(5)
+    c = 16
+    base = np.zeros(c)
+    base[3] = 2.0
+    nuisance = np.eye(c)[0]  # background context: swings a lot, in every window and in the class's own
+    bg = base + rng.normal(0, 1.0, (2000, 1)) * nuisance + rng.normal(0, 0.05, (2000, c))
+    cls = base + 0.5 * np.eye(c)[1] + rng.normal(0, 1.0, (40, 1)) * nuisance + rng.normal(0, 0.05, (40, c))
+    model = Background(decay=1.0, shrink=0.01)
+    for chunk in np.array_split(bg, 4):  # over frames
+        model.add(chunk)
+    w, b = model.direction(cls.mean(axis=0))
+    lda_bg, lda_cls = bg @ w + b, cls @ w + b
+    assert lda_cls.min() > lda_bg.max()  # every class member above every background window
+    centre = cls.mean(axis=0) / np.linalg.norm(cls.mean(axis=0))
+    cos_bg = (bg / np.linalg.norm(bg, axis=1, keepdims=True)) @ centre
+    cos_cls = (cls / np.linalg.norm(cls, axis=1, keepdims=True)) @ centre
+    assert (cos_cls < cos_bg.max()).mean() > 0.5  # the cosine ranks background above most members
 
 
 def test_a_still_object_outside_the_radius_is_found_through_a_vouched_window_and_only_it():
