@@ -226,6 +226,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", help="npz of detector results and box embeddings, read and written (iteration)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--accept", choices=("lda", "reach"), default="lda", help="how the search vouches for a window")
+    p.add_argument("--member-q", type=float, default=0.25, help="LDA vouching: quantile of the class's own scores")
     p.add_argument("--search", action="store_true", help="a third pipeline, '+search': the open-world one with "
                    "the class search of embed.search (docs/box-predictor.md); its windows are not cached; and a "
                    "fourth, '+search/r': the same windows judged by the radius alone (no window vouched for)")
@@ -242,8 +244,9 @@ def main() -> int:
     today, new = Run(settings), Run(settings)
     srun = Run(settings) if args.search else None
     rrun = Run(settings) if args.search else None  # the same windows, the gate's radius alone (before vouching)
-    spent = Counter()  # phase -> seconds in the search (map, windows, their crops)
-    search = None if srun is None else Search(embedder, srun.gate, ClassSearch(e.search_per_class, e.search_limit),
+    spent, vouched = Counter(), Counter()  # phase -> seconds in the search (map, windows, their crops); vouched windows
+    search = None if srun is None else Search(embedder, srun.gate, ClassSearch(e.search_per_class, e.search_limit,
+                                                                                accept=args.accept, member_q=args.member_q),
                                               e.search_scale, e.search_refine)
     cache = Cache(args.cache, model, embedder)
     t0, n = time.monotonic(), 0
@@ -262,6 +265,7 @@ def main() -> int:
             t = time.monotonic()
             smsg = searched(embedder, msg, search)
             spent[phase] += time.monotonic() - t
+            vouched[phase] += sum(lab.startswith(VOUCHED) for lab in smsg.det_labels)
             srun.step(smsg, phase, gt)
             plain = tuple(SEARCH_LABEL if lab.startswith(VOUCHED) else lab for lab in smsg.det_labels)
             rrun.step(FrameEmbeddings(smsg.frame, smsg.xyxy, smsg.scores, plain, smsg.embeddings,
@@ -295,6 +299,7 @@ def main() -> int:
     if srun is not None:
         counts = {"empty": args.empty, "moving": args.moving, "stopped": args.stopped, "still": args.still}
         print("search s/frame: " + ", ".join(f"{ph} {spent[ph] / max(k, 1):.2f}" for ph, k in counts.items()))
+        print("vouched windows/frame: " + ", ".join(f"{ph} {vouched[ph] / max(k, 1):.2f}" for ph, k in counts.items()))
     print(embedding_check(crops))
     return 0
 
