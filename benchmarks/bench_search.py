@@ -13,7 +13,9 @@ kept or not), false boxes per frame (kept, covering no object), candidates embed
 per frame (single thread, the machine's load printed). Candidate sets: today's proposals (the detector's
 boxes, low-score ones >= detect.proposal_score, best detect.max_proposals), all detector boxes >= 0.05
 (best 50), the class search (models/search.py), the same windows judged as the gate stage does with the
-map's vouching (`class search, vouched`: models/search.vouch), and today's proposals plus the search.
+map's vouching (`class search, vouched`: models/search.vouch, the reach rule), the same windows vouched for
+by the class's whitened (LDA) model (`class search, LDA-vouched`), the windows ranked by that model and
+vouched by it (`LDA search, LDA-vouched`), and today's proposals plus the search. Figures per seed, then all.
 """
 from __future__ import annotations
 
@@ -140,7 +142,7 @@ def main() -> int:
     model.score_threshold = 0.05
     embedder = EMBEDDERS.create(s.embed.model, weights=s.embed.weights, device=s.embed.device, **s.embed.options)
     runs = defaultdict(list)  # candidate set -> per frame (gate, gt, boxes, embeddings, always kept, seconds)
-    extra = defaultdict(int)  # candidate set -> crops embedded beside its boxes (refinement)
+    extra = defaultdict(int)  # (candidate set, seed) -> crops embedded beside its boxes (refinement)
     video = _video_tool()
     known = detect(model, [Frame("bg", 0, 0.0, video.background())], d.score_threshold, d.min_box, d.nms_iou)[0].xyxy
     load0 = os.getloadavg()[0]
@@ -187,7 +189,7 @@ def main() -> int:
                 refined, _ = refine(boxes, embedder.embed(crop(image, boxes)), embed_boxes,
                                     lambda v: gate.space(normalize(v)), gate.centroids, gate.radii, args.near,
                                     rounds=args.refine)
-                extra["class search, refined"] += sum(tried)
+                extra["class search, refined", seed] += sum(tried)
                 cands["class search, refined"] = (refined, np.zeros(len(refined), bool),
                                                   cands["class search"][2] + time.perf_counter() - t)
             today = cands["today's proposals"]
@@ -208,19 +210,18 @@ def main() -> int:
           f"{'clean' if args.clean else 'all-window'} background; "
           f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'candidates':28s} seeds  radius  recall  box recall  coverage  false/frame  embedded/frame  s/frame")
-    for factor, seeds, (name, rows) in ((f, ss, r) for f in args.factors
-                                        for ss in [[sd] for sd in args.seeds] + ([args.seeds] if len(args.seeds) > 1 else [])
-                                        for r in runs.items()):
-            rows = [r[1:] for r in rows if r[0] in seeds]
-            a = dict.fromkeys(("objects", "hits", "boxed", "covered", "false", "frames", "embedded"), 0)
-            for gate, gt, xyxy, x, always, det_labels, dt in rows:
-                kept, labels = judge(gate, x, always, factor, det_labels)
-                tally(a, gt, known, xyxy[kept], [lab for lab, k in zip(labels, kept) if k], xyxy)
-            n, f = max(a["objects"], 1), max(a["frames"], 1)
-            a["embedded"] += extra[name]
-            sec = sum(r[-1] for r in rows) / f
-            print(f"{name:28s} {'all' if len(seeds) > 1 else seeds[0]:>5}  {factor:5.2f}x  {a['hits'] / n:6.2f}  {a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  "
-                  f"{a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  {sec:7.2f}")
+    groups = [[sd] for sd in args.seeds] + ([args.seeds] if len(args.seeds) > 1 else [])  # each seed, then all
+    for factor, seeds, (name, rows) in ((f, ss, r) for f in args.factors for ss in groups for r in runs.items()):
+        rows = [r[1:] for r in rows if r[0] in seeds]
+        a = dict.fromkeys(("objects", "hits", "boxed", "covered", "false", "frames", "embedded"), 0)
+        for gate, gt, xyxy, x, always, det_labels, dt in rows:
+            kept, labels = judge(gate, x, always, factor, det_labels)
+            tally(a, gt, known, xyxy[kept], [lab for lab, k in zip(labels, kept) if k], xyxy)
+        n, f = max(a["objects"], 1), max(a["frames"], 1)
+        a["embedded"] += sum(extra[name, sd] for sd in seeds)
+        sec = sum(r[-1] for r in rows) / f
+        print(f"{name:28s} {'all' if len(seeds) > 1 else seeds[0]:>5}  {factor:5.2f}x  {a['hits'] / n:6.2f}  "
+              f"{a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  {a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  {sec:7.2f}")
     return 0
 
 
