@@ -245,9 +245,8 @@ def main() -> int:
     srun = Run(settings) if args.search else None
     rrun = Run(settings) if args.search else None  # the same windows, the gate's radius alone (before vouching)
     spent, vouched = Counter(), Counter()  # phase -> seconds in the search (map, windows, their crops); vouched windows
-    search = None if srun is None else Search(embedder, srun.gate, ClassSearch(e.search_per_class, e.search_limit,
-                                                                                accept=args.accept, member_q=args.member_q),
-                                              e.search_scale, e.search_refine)
+    finder = ClassSearch(e.search_per_class, e.search_limit, accept=args.accept, member_q=args.member_q)
+    search = None if srun is None else Search(embedder, srun.gate, finder, e.search_scale, e.search_refine)
     cache = Cache(args.cache, model, embedder)
     t0, n = time.monotonic(), 0
     origins = Counter()

@@ -200,7 +200,8 @@ def main() -> int:
                 t = time.perf_counter()
                 key = np.asarray(xyxy, np.float32).tobytes()
                 if key not in done:
-                    done[key] = normalize(embedder.embed(crop(image, xyxy))) if len(xyxy) else np.zeros((0, embedder.dim))
+                    done[key] = (normalize(embedder.embed(crop(image, xyxy))) if len(xyxy)
+                                 else np.zeros((0, embedder.dim)))
                 x = done[key]
                 runs[name].append((seed, gate, gt, xyxy, x, always, tags.pop(name, ()), dt + time.perf_counter() - t))
         print(f"seed {seed}: classes {', '.join(f'{n} r={r:.2f}' for n, r in zip(gate.names, gate.radii))}",
@@ -221,7 +222,8 @@ def main() -> int:
         a["embedded"] += sum(extra[name, sd] for sd in seeds)
         sec = sum(r[-1] for r in rows) / f
         print(f"{name:28s} {'all' if len(seeds) > 1 else seeds[0]:>5}  {factor:5.2f}x  {a['hits'] / n:6.2f}  "
-              f"{a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  {a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  {sec:7.2f}")
+              f"{a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  {a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  "
+              f"{sec:7.2f}")
     return 0
 
 
