@@ -44,12 +44,12 @@ from models.detections import Detections  # noqa: E402
 from models.openworld import TrackAges  # noqa: E402
 from models.proposals import box_iou  # noqa: E402
 from models.registry import DETECTORS, EMBEDDERS  # noqa: E402
-from models.search import ClassSearch  # noqa: E402
+from models.search import VOUCHED, ClassSearch  # noqa: E402
 from models.sddc import UNSEEN, Gate  # noqa: E402
 from models.tracks import BoxTracker, LabelVotes  # noqa: E402
 from stages.config import load  # noqa: E402
 from stages.detect import Proposals, detect  # noqa: E402
-from stages.embed import Search, embed, searched  # noqa: E402
+from stages.embed import SEARCH_LABEL, Search, embed, searched  # noqa: E402
 from stages.gate import label  # noqa: E402
 from stream.messages import Frame, FrameEmbeddings  # noqa: E402
 
@@ -226,8 +226,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", help="npz of detector results and box embeddings, read and written (iteration)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--accept", choices=("lda", "reach"), default="lda", help="how the search vouches for a window")
+    p.add_argument("--member-q", type=float, default=0.25, help="LDA vouching: quantile of the class's own scores")
     p.add_argument("--search", action="store_true", help="a third pipeline, '+search': the open-world one with "
-                   "the class search of embed.search (docs/box-predictor.md); its windows are not cached")
+                   "the class search of embed.search (docs/box-predictor.md); its windows are not cached; and a "
+                   "fourth, '+search/r': the same windows judged by the radius alone (no window vouched for)")
     args = p.parse_args()
     overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
     settings = load(args.config, overrides)
@@ -240,8 +243,10 @@ def main() -> int:
     proposals = Proposals(d.proposal_score, d.proposal_iou, d.max_proposals, d.motion, d.motion_history, d.min_box)
     today, new = Run(settings), Run(settings)
     srun = Run(settings) if args.search else None
-    search = None if srun is None else Search(embedder, srun.gate, ClassSearch(e.search_per_class, e.search_limit),
-                                              e.search_scale, e.search_refine)
+    rrun = Run(settings) if args.search else None  # the same windows, the gate's radius alone (before vouching)
+    spent, vouched = Counter(), Counter()  # phase -> seconds in the search (map, windows, their crops); vouched windows
+    finder = ClassSearch(e.search_per_class, e.search_limit, accept=args.accept, member_q=args.member_q)
+    search = None if srun is None else Search(embedder, srun.gate, finder, e.search_scale, e.search_refine)
     cache = Cache(args.cache, model, embedder)
     t0, n = time.monotonic(), 0
     origins = Counter()
@@ -256,7 +261,14 @@ def main() -> int:
         new.step(msg, phase, gt)
         if srun is not None:
             search.gate = srun.gate  # discovery changes the run's gate in place; be explicit
-            srun.step(searched(embedder, msg, search), phase, gt)
+            t = time.monotonic()
+            smsg = searched(embedder, msg, search)
+            spent[phase] += time.monotonic() - t
+            vouched[phase] += sum(lab.startswith(VOUCHED) for lab in smsg.det_labels)
+            srun.step(smsg, phase, gt)
+            plain = tuple(SEARCH_LABEL if lab.startswith(VOUCHED) else lab for lab in smsg.det_labels)
+            rrun.step(FrameEmbeddings(smsg.frame, smsg.xyxy, smsg.scores, plain, smsg.embeddings,
+                                      origins=smsg.origins), phase, gt)
         if gt and len(msg):
             iou = box_iou(msg.xyxy, np.array([o["bbox"] for o in gt], np.float32))
             crops += [(msg.embeddings[j], gt[int(iou[j].argmax())]["cls"], int(iou[j].argmax()) + 100 * (phase == "still"))
@@ -266,6 +278,7 @@ def main() -> int:
             new.cluster()
             if srun is not None:
                 srun.cluster()
+                rrun.cluster()
         n += 1
     cache.save()
     print(f"{n} frames in {time.monotonic() - t0:.0f} s ({cache.embedded} boxes embedded); "
@@ -274,13 +287,18 @@ def main() -> int:
     print("phase    pipeline    recall  false/frame  labelled  classes/real  purity   NMI  known-class recall  "
           "recall of classes found before")
     for phase in ("empty", "moving", "stopped", "still"):
-        for name, run in (("today", today), ("open-world", new)) + ((("+search", srun),) if srun else ()):
+        searches = (("+search", srun), ("+search/r", rrun)) if srun else ()
+        for name, run in (("today", today), ("open-world", new)) + searches:
             r = score(run, phase, known, discovered(run, ("moving", "stopped")) if phase == "still" else None)
             print(f"{phase:8s} {name:10s}  {r['recall']:6.2f}  {r['false']:11.2f}  {r['labelled']:8.2f}  "
                   f"{r['classes']:7d}/6  {r['purity']:6.2f}  {r['nmi']:4.2f}  {r['known_recall']:6.2f} "
                   f"({', '.join(r['found'])})" + (f"  {r['prior_recall']:.2f}" if phase == "still" else ""), flush=True)
     print(f"classes at the end: today {len(today.gate)}, open-world {len(new.gate)}"
-          + (f", +search {len(srun.gate)}" if srun else ""))
+          + (f", +search {len(srun.gate)}, +search/r {len(rrun.gate)}" if srun else ""))
+    if srun is not None:
+        counts = {"empty": args.empty, "moving": args.moving, "stopped": args.stopped, "still": args.still}
+        print("search s/frame: " + ", ".join(f"{ph} {spent[ph] / max(k, 1):.2f}" for ph, k in counts.items()))
+        print("vouched windows/frame: " + ", ".join(f"{ph} {vouched[ph] / max(k, 1):.2f}" for ph, k in counts.items()))
     print(embedding_check(crops))
     return 0
 

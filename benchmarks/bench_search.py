@@ -12,7 +12,10 @@ at IoU >= 0.5 by a kept box with the object's class), box recall (any kept box),
 kept or not), false boxes per frame (kept, covering no object), candidates embedded per frame, seconds
 per frame (single thread, the machine's load printed). Candidate sets: today's proposals (the detector's
 boxes, low-score ones >= detect.proposal_score, best detect.max_proposals), all detector boxes >= 0.05
-(best 50), the class search (models/search.py), and today's proposals plus the search.
+(best 50), the class search (models/search.py), the same windows judged as the gate stage does with the
+map's vouching (`class search, vouched`: models/search.vouch, the reach rule), the same windows vouched for
+by the class's whitened (LDA) model (`class search, LDA-vouched`), the windows ranked by that model and
+vouched by it (`LDA search, LDA-vouched`), and today's proposals plus the search. Figures per seed, then all.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from models.boxes import crop
 from models.proposals import MotionProposer, box_iou
 from models.registry import DETECTORS, EMBEDDERS
 from models.sddc import UNSEEN, Gate, normalize
-from models.search import ClassSearch, dense_map, refine
+from models.search import VOUCHED, ClassSearch, dense_map, refine, vouch
 from stages.config import load
 from stages.detect import Proposals, detect
 from stream.messages import Frame
@@ -82,15 +85,19 @@ def oracle(embedder, moving: list, rows: list, alpha: float, finder: ClassSearch
     return gate
 
 
-def judge(gate: Gate, x: np.ndarray, always: np.ndarray, factor: float = 1.0) -> tuple[np.ndarray, list]:
+def judge(gate: Gate, x: np.ndarray, always: np.ndarray, factor: float = 1.0,
+          det_labels: tuple = ()) -> tuple[np.ndarray, list]:
     """x (N, D) normalized box embeddings -> (kept (N,) bool, labels): the nearest class when within `factor`
     times its radius (the gate's rule at factor 1, its classes being one embedding set), else unseen; a box is
-    kept when seen or `always` (the detector's confident boxes)."""
+    kept when seen or `always` (the detector's confident boxes). With det_labels, a window the map vouched for
+    is also seen when its nearest class is the one vouched (models/search.vouch, what the gate stage does)."""
     if len(x) == 0:
         return np.zeros(0, bool), []
     dist = np.linalg.norm(x[:, None] - gate.centroids[None], axis=2)  # (N, K)
     near = dist.argmin(axis=1)
     seen = dist[np.arange(len(x)), near] <= factor * gate.radii[near]
+    if det_labels:
+        seen = vouch(gate.centroids, x, det_labels, gate.names, np.where(seen, near, -1)) >= 0
     return seen | always, [gate.names[k] if ok else UNSEEN for k, ok in zip(near, seen)]
 
 
@@ -122,6 +129,9 @@ def main() -> int:
                    help="radius multipliers to judge boxes with (1 = the gate's rule)")
     p.add_argument("--refine", type=int, default=0, help="rounds of refining searched windows (0: none)")
     p.add_argument("--near", type=float, default=1.25, help="refine windows within this many radii of a class")
+    p.add_argument("--member-q", type=float, default=0.25, help="LDA vouching: quantile of the class's own scores")
+    p.add_argument("--clean", action="store_true", help="LDA background from windows on no box of the frame only")
+    p.add_argument("--shrink", type=float, default=0.1, help="LDA covariance shrinkage (x mean variance)")
     p.add_argument("--oracle", choices=("gt", "motion"), default="motion",
                    help="class members: ground-truth boxes, or motion boxes matching an object (IoU >= 0.5)")
     args = p.parse_args()
@@ -132,7 +142,7 @@ def main() -> int:
     model.score_threshold = 0.05
     embedder = EMBEDDERS.create(s.embed.model, weights=s.embed.weights, device=s.embed.device, **s.embed.options)
     runs = defaultdict(list)  # candidate set -> per frame (gate, gt, boxes, embeddings, always kept, seconds)
-    extra = defaultdict(int)  # candidate set -> crops embedded beside its boxes (refinement)
+    extra = defaultdict(int)  # (candidate set, seed) -> crops embedded beside its boxes (refinement)
     video = _video_tool()
     known = detect(model, [Frame("bg", 0, 0.0, video.background())], d.score_threshold, d.min_box, d.nms_iou)[0].xyxy
     load0 = os.getloadavg()[0]
@@ -140,13 +150,15 @@ def main() -> int:
         moving, still = [], []
         for phase, source, image, gt in video.frames(args.moving, 0, args.frames, seed, empty=30):
             (still if phase == "still" else moving).append((image, gt))
-        finder = ClassSearch(args.per_class, args.limit)
+        finder = ClassSearch(args.per_class, args.limit, accept="lda", member_q=args.member_q, clean=args.clean,
+                             shrink=args.shrink)  # learns the background too; rank and accept set per row below
         rows = members(moving, args.oracle == "motion", d.motion_history, d.min_box)
         gate = oracle(embedder, moving, rows, s.gate.alpha, finder, args.scale, args.grid)
         for i, (image, gt) in enumerate(still):
             frame = Frame("still", i, 0.0, image)
             g = np.array([o["bbox"] for o in gt], np.float32)
             cands = {"perfect boxes (ground truth)": (g, np.zeros(len(g), bool), 0.0)}
+            tags = {}  # candidate set -> det_labels of its boxes (the vouched windows)
             for name, score, limit in (("today's proposals", d.proposal_score, d.max_proposals),
                                        ("detector >= 0.05, best 50", 0.05, 50)):
                 t = time.perf_counter()
@@ -154,8 +166,19 @@ def main() -> int:
                 m = detect(model, [frame], d.score_threshold, d.min_box, d.nms_iou, prop)[0]
                 cands[name] = (m.xyxy, np.array([o == "detector" for o in m.origins], bool), time.perf_counter() - t)
             t = time.perf_counter()
-            boxes = finder.propose(dense_map(embedder, image, args.scale, args.grid))
+            dense = dense_map(embedder, image, args.scale, args.grid)
+            finder.rank, finder.accept = "cosine", "reach"
+            boxes, names, vouched = finder.candidates(dense)
             cands["class search"] = (boxes, np.zeros(len(boxes), bool), time.perf_counter() - t)
+            cands["class search, vouched"] = cands["class search"]
+            tags["class search, vouched"] = tuple(VOUCHED + n if v else "search" for n, v in zip(names, vouched))
+            for rank in ("cosine", "lda"):  # the LDA model: vouching the cosine's windows; ranking its own
+                t = time.perf_counter()
+                finder.rank, finder.accept = rank, "lda"
+                found, names, vouched = finder.candidates(dense)
+                row = "class search, LDA-vouched" if rank == "cosine" else "LDA search, LDA-vouched"
+                cands[row] = (found, np.zeros(len(found), bool), time.perf_counter() - t)
+                tags[row] = tuple(VOUCHED + n if v else "search" for n, v in zip(names, vouched))
             if args.refine:
                 t = time.perf_counter()
                 tried = []  # refining windows embeds their variants too
@@ -166,33 +189,41 @@ def main() -> int:
                 refined, _ = refine(boxes, embedder.embed(crop(image, boxes)), embed_boxes,
                                     lambda v: gate.space(normalize(v)), gate.centroids, gate.radii, args.near,
                                     rounds=args.refine)
-                extra["class search, refined"] += sum(tried)
+                extra["class search, refined", seed] += sum(tried)
                 cands["class search, refined"] = (refined, np.zeros(len(refined), bool),
                                                   cands["class search"][2] + time.perf_counter() - t)
             today = cands["today's proposals"]
             cands["today's + search"] = (np.vstack([today[0], boxes]), np.r_[today[1], cands["class search"][1]],
                                          today[2] + cands["class search"][2])
+            done = {}  # boxes -> their embeddings: candidate sets sharing windows embed them once
             for name, (xyxy, always, dt) in cands.items():
                 t = time.perf_counter()
-                x = normalize(embedder.embed(crop(image, xyxy))) if len(xyxy) else np.zeros((0, embedder.dim))
-                runs[name].append((gate, gt, xyxy, x, always, dt + time.perf_counter() - t))
+                key = np.asarray(xyxy, np.float32).tobytes()
+                if key not in done:
+                    done[key] = (normalize(embedder.embed(crop(image, xyxy))) if len(xyxy)
+                                 else np.zeros((0, embedder.dim)))
+                x = done[key]
+                runs[name].append((seed, gate, gt, xyxy, x, always, tags.pop(name, ()), dt + time.perf_counter() - t))
         print(f"seed {seed}: classes {', '.join(f'{n} r={r:.2f}' for n, r in zip(gate.names, gate.radii))}",
               flush=True)
     print(f"{len(args.seeds)} seeds x {args.frames} still frames; scale {args.scale}, per class {args.per_class}, "
-          f"limit {args.limit}, oracle {args.oracle}; "
+          f"limit {args.limit}, oracle {args.oracle}; LDA member quantile {args.member_q}, shrink {args.shrink}, "
+          f"{'clean' if args.clean else 'all-window'} background; "
           f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"{'candidates':28s} radius  recall  box recall  coverage  false/frame  embedded/frame  s/frame")
-    for factor in args.factors:
-        for name, rows in runs.items():
-            a = dict.fromkeys(("objects", "hits", "boxed", "covered", "false", "frames", "embedded"), 0)
-            for gate, gt, xyxy, x, always, dt in rows:
-                kept, labels = judge(gate, x, always, factor)
-                tally(a, gt, known, xyxy[kept], [lab for lab, k in zip(labels, kept) if k], xyxy)
-            n, f = max(a["objects"], 1), max(a["frames"], 1)
-            a["embedded"] += extra[name]
-            sec = sum(r[-1] for r in rows) / f
-            print(f"{name:28s} {factor:5.2f}x  {a['hits'] / n:6.2f}  {a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  "
-                  f"{a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  {sec:7.2f}")
+    print(f"{'candidates':28s} seeds  radius  recall  box recall  coverage  false/frame  embedded/frame  s/frame")
+    groups = [[sd] for sd in args.seeds] + ([args.seeds] if len(args.seeds) > 1 else [])  # each seed, then all
+    for factor, seeds, (name, rows) in ((f, ss, r) for f in args.factors for ss in groups for r in runs.items()):
+        rows = [r[1:] for r in rows if r[0] in seeds]
+        a = dict.fromkeys(("objects", "hits", "boxed", "covered", "false", "frames", "embedded"), 0)
+        for gate, gt, xyxy, x, always, det_labels, dt in rows:
+            kept, labels = judge(gate, x, always, factor, det_labels)
+            tally(a, gt, known, xyxy[kept], [lab for lab, k in zip(labels, kept) if k], xyxy)
+        n, f = max(a["objects"], 1), max(a["frames"], 1)
+        a["embedded"] += sum(extra[name, sd] for sd in seeds)
+        sec = sum(r[-1] for r in rows) / f
+        print(f"{name:28s} {'all' if len(seeds) > 1 else seeds[0]:>5}  {factor:5.2f}x  {a['hits'] / n:6.2f}  "
+              f"{a['boxed'] / n:10.2f}  {a['covered'] / n:8.2f}  {a['false'] / f:11.2f}  {a['embedded'] / f:14.1f}  "
+              f"{sec:7.2f}")
     return 0
 
 

@@ -9,13 +9,14 @@ from models.compiled import build_embedder
 from models.detections import Embedder
 from models.proposals import PROPOSAL, box_iou
 from models.sddc import Gate, gate_of_snapshot, load_memory, normalize
-from models.search import ClassSearch, dense_map, refine
+from models.search import VOUCHED, ClassSearch, dense_map, refine
 from stages.config import ConfigError
 from stages.process import StageProcess, limit_threads
 from stream.messages import ClassUpdate, EndOfStream, FrameDetections, FrameEmbeddings
 from stream.sockets import Inbox
 
-SEARCH_LABEL = "search"  # det_label of a searched window (its origin is "proposal": kept only when seen)
+SEARCH_LABEL = "search"  # det_label of a searched window (its origin is "proposal": kept only when seen);
+#                          VOUCHED + class when the map vouches for it (models/search.py: the gate's `vouch`)
 SEARCH_SCORE = 0.0       # below every tracker threshold: a window starts no track (ByteTrack may match it to a
 #                          live one, hence no window over a detector or motion box: Search.windows)
 
@@ -38,22 +39,25 @@ class Search:
         self.finder.forget_except(set(self.gate.names))
         return None
 
-    def windows(self, msg: FrameDetections | FrameEmbeddings, x: np.ndarray) -> np.ndarray:
-        """msg's boxes with their embeddings (N, D) -> (M, 4) windows to embed: the map learns the boxes the
-        classes hold, then proposes; a window over a box of the frame already taken (below) goes."""
+    def windows(self, msg: FrameDetections | FrameEmbeddings, x: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+        """msg's boxes with their embeddings (N, D) -> (M, 4) windows to embed and their det_labels: the map
+        learns the boxes the classes hold, then proposes; a window over a box of the frame already taken
+        (below) goes. A window the map vouches for as class c (ClassSearch.candidates) is VOUCHED + c."""
         if len(self.gate) == 0:
-            return np.zeros((0, 4), np.float32)
+            return np.zeros((0, 4), np.float32), ()
         dense = dense_map(self.network, msg.image, self.scale)
         index, _ = self.gate.classify(normalize(x)) if len(x) else (np.zeros(0, np.int64), None)
         self.finder.learn(dense, msg.xyxy, [self.gate.names[i] if i >= 0 else None for i in index])
-        found = self.finder.propose(dense)
+        found, names, vouched = self.finder.candidates(dense)
+        labels = np.array([VOUCHED + n if v else SEARCH_LABEL for n, v in zip(names, vouched)], object)
         # A box of the frame that is seen as a class, or a detector or motion box (a tracked object: ByteTrack
         # would give a window over it that track, and the gate keeps a settled track's box even unseen), is
         # where the search has nothing to add; only an unseen low-score guess may be bettered.
         taken = msg.xyxy[(index >= 0) | np.array([o != PROPOSAL for o in msg.origins], bool).reshape(len(index))]
         if len(found) and len(taken):
-            found = found[box_iou(found, taken).max(axis=1) < 0.5]
-        return found
+            free = box_iou(found, taken).max(axis=1) < 0.5
+            found, labels = found[free], labels[free]
+        return found, tuple(labels.tolist())
 
 
 def embed(model: Embedder, msgs: list[FrameDetections], search: Search | None = None) -> list[FrameEmbeddings]:
@@ -69,7 +73,7 @@ def embed(model: Embedder, msgs: list[FrameDetections], search: Search | None = 
 
 def searched(model: Embedder, msg: FrameEmbeddings, search: Search) -> FrameEmbeddings:
     """msg with the search's windows appended, each embedded like any box (origin proposal, det_label search)."""
-    found = search.windows(msg, msg.embeddings)
+    found, labels = search.windows(msg, msg.embeddings)
     if len(found) == 0:
         return msg
     x = model.embed(crop(msg.image, found))
@@ -80,7 +84,7 @@ def searched(model: Embedder, msg: FrameEmbeddings, search: Search) -> FrameEmbe
     k = len(found)
     return FrameEmbeddings(msg.frame, np.vstack([msg.xyxy, found]).astype(np.float32),
                            np.concatenate([msg.scores, np.full(k, SEARCH_SCORE, np.float32)]),
-                           msg.det_labels + (SEARCH_LABEL,) * k,
+                           msg.det_labels + labels,
                            np.vstack([msg.embeddings, x]),
                            origins=msg.origins + (PROPOSAL,) * k)
 

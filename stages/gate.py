@@ -12,6 +12,7 @@ import zmq
 from models.boxes import crop, example, pack
 from models.openworld import TrackAges, explained, feeds, fragments, loose
 from models.sddc import UNSEEN, Gate, gate_of_snapshot, load_memory, normalize
+from models.search import VOUCHED, vouch
 from models.tracks import BoxTracker, LabelVotes
 from stages.config import ConfigError
 from stages.process import StageProcess
@@ -36,6 +37,9 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     n = len(msg)
     x = normalize(msg.embeddings) if n else np.zeros((0, msg.embeddings.shape[1]), np.float32)
     index, distance = gate.classify(x)
+    # class-search windows the map vouched for: seen as that class when the crop's nearest class agrees
+    if len(gate) and any(lab.startswith(VOUCHED) for lab in msg.det_labels):
+        index = vouch(gate.centroids, gate.space(x), msg.det_labels, gate.names, index, msg.origins)
     labels = gate.labels(index)
     detector = np.array([o == "detector" for o in msg.origins], bool).reshape(n)
     motion = np.array([o == "motion" for o in msg.origins], bool).reshape(n)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from models.proposals import box_iou
-from models.search import ClassSearch, DenseMap, integral, pool_boxes, score_windows
+from models.search import ClassSearch, DenseMap, dense_map, integral, pool_boxes, score_windows
 from models.sddc import Gate, normalize
 from stages.config import ConfigError, load
-from stages.embed import Search, embed
+from stages.embed import SEARCH_LABEL as SEARCH, Search, embed
 from stages.gate import label
 from stream.messages import ClassUpdate, Frame, FrameDetections
 from stream.topology import LINKS
@@ -201,3 +201,98 @@ def test_no_window_over_a_box_the_frame_already_has_unless_an_unseen_guess():
         out = embed(model, [msg], search)[0]
         windows = out.xyxy[[lab == "search" for lab in out.det_labels]]
         assert (box_iou(windows, truth).max(initial=0) >= 0.5) == added, origin
+
+
+@pytest.mark.parametrize("accept", ["reach", "lda"])
+def test_the_map_vouches_only_for_windows_as_typical_of_a_class_as_its_own_boxes(accept):
+    rng = np.random.default_rng(3)
+    finder = ClassSearch(per_class=3, limit=6, accept=accept)
+    for x in (3, 9, 15, 21):  # four boxes of the class, each in a frame of its own
+        finder.learn(DenseMap(synthetic_map(rng, (x, 3, x + 4, 6)), 16.0, (320, 480)),
+                     np.array([[x * 16, 48, x * 16 + 64, 96]], np.float32), ["thing"])
+    found, names, vouched = finder.candidates(DenseMap(synthetic_map(rng, (20, 12, 24, 15)), 16.0, (320, 480)))
+    on = box_iou(found, np.array([[320, 192, 384, 240]], np.float32))[:, 0] >= 0.5
+    assert names == ["thing"] * len(found) and on.sum() == 1 and len(found) > 1
+    assert vouched[on].all() and not vouched[~on].any()  # background windows are less like it than any member
+    assert finder.reach("thing") < 1.0
+    few = ClassSearch()
+    few.learn(DenseMap(synthetic_map(rng, (3, 3, 7, 6)), 16.0, (320, 480)), np.array([[48, 48, 112, 96]]), ["one"])
+    assert few.reach("one") == np.inf  # one box is its own mean: no reach to vouch with
+
+
+def test_the_gate_sees_a_vouched_window_as_its_class_only_when_its_crop_is_nearest_that_class():
+    from models.search import VOUCHED, vouch
+    from stream.messages import FrameEmbeddings
+    gate = Gate.empty(set_size=7)
+    gate.add("A", normalize(np.array([[1.0, 0.0, 0.0]]))[0], 0.1, 10, discovered=True)
+    gate.add("B", normalize(np.array([[0.0, 1.0, 0.0]]))[0], 0.1, 10, discovered=True)
+    near_a = normalize(np.array([[1.0, 0.5, 0.0]], np.float32))  # nearest A, outside its radius (0.46 > 0.1)
+    x = np.vstack([near_a] * 4 + [normalize(np.array([[1.0, 0.02, 0.0]], np.float32))])
+    labels = (VOUCHED + "A", SEARCH, VOUCHED + "B", "thing", SEARCH)
+    index = vouch(gate.centroids, gate.space(x), labels, gate.names, gate.classify(x)[0])
+    assert index.tolist() == [0, -1, -1, -1, 0]  # the last one is inside A's radius: the paper's gate already
+    msg = FrameEmbeddings(Frame("cam", 0, 0.0, np.zeros((64, 64, 3), np.uint8)),
+                          np.tile(np.array([[0, 0, 20, 20]], np.float32), (5, 1)) + np.arange(5)[:, None] * 8,
+                          np.zeros(5, np.float32), labels, x, origins=("proposal",) * 3 + ("detector", "proposal"))
+    labeled, _ = label(gate, msg)
+    assert list(labeled.labels) == ["A", "unseen", "A"]  # the detector box stays, unseen; the unvouched go
+
+
+def test_a_forged_vouch_from_the_wire_cannot_name_a_class_the_box_is_not_nearest_nor_vouch_for_a_non_window():
+    from models.search import VOUCHED
+    from stream.messages import FrameEmbeddings
+    gate = Gate.empty(set_size=7)
+    gate.add("A", normalize(np.array([[1.0, 0.0, 0.0]]))[0], 0.1, 10, discovered=True)
+    gate.add("B", normalize(np.array([[0.0, 1.0, 0.0]]))[0], 0.1, 10, discovered=True)
+    x = normalize(np.array([[1.0, 0.5, 0.0], [1.0, 0.5, 0.0], [0.1, 0.5, 1.0], [1.0, 0.5, 0.0]], np.float32))
+    labels = (VOUCHED + "B", VOUCHED + "A", VOUCHED + "A", VOUCHED + "A")  # all forged as vouched
+    origins = ("proposal", "detector", "proposal", "motion")
+    msg = FrameEmbeddings(Frame("cam", 0, 0.0, np.zeros((64, 64, 3), np.uint8)),
+                          np.array([[0, 0, 20, 20], [30, 0, 50, 20], [0, 30, 20, 50], [30, 30, 50, 50]], np.float32),
+                          np.array([0.0, 0.9, 0.0, 0.5], np.float32), labels, x, origins=origins)
+    labeled, _ = label(gate, msg)
+    # nearest A but forged as B: dropped; the detector and motion boxes are not windows: unseen, never A;
+    # the third is nearest B (outside its radius), forged as A: dropped
+    assert "B" not in list(labeled.labels) and "A" not in list(labeled.labels)
+    forged = FrameEmbeddings(msg.frame, msg.xyxy, msg.scores, (VOUCHED + "A",) * 4, x, origins=("proposal",) * 4)
+    assert list(label(gate, forged)[0].labels).count("A") == 3  # what the same label on windows nearest A does
+
+
+def test_the_lda_model_separates_a_class_from_background_that_the_centroid_cosine_confuses():
+    from models.search import Background
+    rng = np.random.default_rng(5)
+    c = 16
+    base = np.zeros(c)
+    base[3] = 2.0
+    nuisance = np.eye(c)[0]  # background context: swings a lot, in every window and in the class's own
+    bg = base + rng.normal(0, 1.0, (2000, 1)) * nuisance + rng.normal(0, 0.05, (2000, c))
+    cls = base + 0.5 * np.eye(c)[1] + rng.normal(0, 1.0, (40, 1)) * nuisance + rng.normal(0, 0.05, (40, c))
+    model = Background(decay=1.0, shrink=0.01)
+    for chunk in np.array_split(bg, 4):  # over frames
+        model.add(chunk)
+    w, b = model.direction(cls.mean(axis=0))
+    lda_bg, lda_cls = bg @ w + b, cls @ w + b
+    assert lda_cls.min() > lda_bg.max()  # every class member above every background window
+    centre = cls.mean(axis=0) / np.linalg.norm(cls.mean(axis=0))
+    cos_bg = (bg / np.linalg.norm(bg, axis=1, keepdims=True)) @ centre
+    cos_cls = (cls / np.linalg.norm(cls, axis=1, keepdims=True)) @ centre
+    assert (cos_cls < cos_bg.max()).mean() > 0.5  # the cosine ranks background above most members
+
+
+def test_a_still_object_outside_the_radius_is_found_through_a_vouched_window_and_only_it():
+    model = Fake()
+    gate = Gate.empty(set_size=7)
+    loose = [still_scene(32, 16)[0][0:80, 16:80]]  # the class's crops were loose: the exact view lies outside
+    gate.add("novel-1", normalize(model.embed(loose))[0], 1e-3, 10, discovered=True)
+    search = Search(model, gate, ClassSearch())
+    for x in (32, 64, 96, 128):  # four frames where a box of the class came through
+        image, box = still_scene(x, 16)
+        search.finder.learn(dense_map(model, image), box, ["novel-1"])
+    still, truth = still_scene(160, 96)
+    out = embed(model, [detections(5, still, np.zeros((0, 4)))], search)[0]
+    assert any(lab.startswith("search:") for lab in out.det_labels)
+    labeled, _ = label(gate, out)
+    assert [box_iou(b, truth).item() >= 0.5 for b in labeled.xyxy] == [True] and list(labeled.labels) == ["novel-1"]
+    radius_only = out.__class__(out.frame, out.xyxy, out.scores, (SEARCH,) * len(out), out.embeddings,
+                                origins=out.origins)
+    assert len(label(gate, radius_only)[0]) == 0  # the paper's gate alone: not one box
