@@ -24,7 +24,7 @@ import importlib.util
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from models.boxes import crop
 from models.proposals import MotionProposer, box_iou
 from models.registry import DETECTORS, EMBEDDERS
 from models.sddc import UNSEEN, Gate, normalize
+from models.reference import Reference, hard_negatives
 from models.search import VOUCHED, ClassSearch, dense_map, refine, vouch
 from stages.config import load
 from stages.detect import Proposals, detect
@@ -70,14 +71,27 @@ def members(moving: list, motion: bool, history: int, min_box: int) -> list[tupl
     return out
 
 
-def oracle(embedder, moving: list, rows: list, alpha: float, finder: ClassSearch, scale: float, grid: int) -> Gate:
-    """A gate whose classes are the member boxes' crops by true class; the search learns the same boxes."""
+def oracle(embedder, moving: list, rows: list, alpha: float, finder: ClassSearch, scale: float, grid: int,
+           reference: Reference, negatives: int, dirty: Counter) -> Gate:
+    """A gate whose classes are the member boxes' crops by true class; the search learns the same boxes, the
+    reference their crops and, as the embed stage does, `negatives` background windows a frame (`dirty` counts
+    those on an object: IoU >= 0.5 / >= 0.3 with one, of all learnt)."""
     x, classes = [], []
     for i, boxes, names in rows:
-        image = moving[i][0]
+        image, gt = moving[i]
         x.append(embedder.embed(crop(image, boxes)))
         classes += names
-        finder.learn(dense_map(embedder, image, scale, grid), boxes, names)
+        dense = dense_map(embedder, image, scale, grid)
+        finder.learn(dense, boxes, names)
+        reference.learn(normalize(x[-1]), names)
+        negs = hard_negatives(finder, dense, boxes, list(dict.fromkeys(names)), finder.propose(dense), negatives)
+        if len(negs):
+            reference.add_background(normalize(embedder.embed(crop(image, negs))))
+            g = np.array([o["bbox"] for o in gt], np.float32).reshape(-1, 4)
+            on = box_iou(negs, g).max(axis=1, initial=0) if len(g) else np.zeros(len(negs))
+            dirty["learnt"] += len(negs)
+            dirty["iou>=0.5"] += int((on >= 0.5).sum())
+            dirty["iou>=0.3"] += int((on >= 0.3).sum())
     x, classes = normalize(np.concatenate(x)), np.array(classes)
     gate = Gate.empty(set_size=7)
     for name in sorted(set(classes)):
@@ -132,6 +146,8 @@ def main() -> int:
     p.add_argument("--member-q", type=float, default=0.25, help="LDA vouching: quantile of the class's own scores")
     p.add_argument("--clean", action="store_true", help="LDA background from windows on no box of the frame only")
     p.add_argument("--shrink", type=float, default=0.1, help="LDA covariance shrinkage (x mean variance)")
+    p.add_argument("--k", type=int, nargs="+", default=[1], help="kNN vouching: neighbours (1: no parameter)")
+    p.add_argument("--negatives", type=int, default=4, help="kNN vouching: background windows learnt a frame")
     p.add_argument("--oracle", choices=("gt", "motion"), default="motion",
                    help="class members: ground-truth boxes, or motion boxes matching an object (IoU >= 0.5)")
     args = p.parse_args()
@@ -153,12 +169,15 @@ def main() -> int:
         finder = ClassSearch(args.per_class, args.limit, accept="lda", member_q=args.member_q, clean=args.clean,
                              shrink=args.shrink)  # learns the background too; rank and accept set per row below
         rows = members(moving, args.oracle == "motion", d.motion_history, d.min_box)
-        gate = oracle(embedder, moving, rows, s.gate.alpha, finder, args.scale, args.grid)
+        reference, dirty, sorts = Reference(), Counter(), Counter()
+        gate = oracle(embedder, moving, rows, s.gate.alpha, finder, args.scale, args.grid, reference,
+                      args.negatives, dirty)
         for i, (image, gt) in enumerate(still):
             frame = Frame("still", i, 0.0, image)
             g = np.array([o["bbox"] for o in gt], np.float32)
             cands = {"perfect boxes (ground truth)": (g, np.zeros(len(g), bool), 0.0)}
             tags = {}  # candidate set -> det_labels of its boxes (the vouched windows)
+            done = {}  # boxes -> their embeddings: candidate sets sharing windows embed them once
             for name, score, limit in (("today's proposals", d.proposal_score, d.max_proposals),
                                        ("detector >= 0.05, best 50", 0.05, 50)):
                 t = time.perf_counter()
@@ -172,6 +191,22 @@ def main() -> int:
             cands["class search"] = (boxes, np.zeros(len(boxes), bool), time.perf_counter() - t)
             cands["class search, vouched"] = cands["class search"]
             tags["class search, vouched"] = tuple(VOUCHED + n if v else "search" for n, v in zip(names, vouched))
+            if len(boxes):  # the crops' kNN against the classes' members and the background reference
+                t = time.perf_counter()
+                xw = normalize(embedder.embed(crop(image, boxes)))
+                done[np.asarray(boxes, np.float32).tobytes()] = xw
+                for k in args.k:
+                    reference.k = k
+                    ok = reference.vouch(xw, names, gate.space)
+                    row = f"class search, kNN-vouched k={k}"
+                    cands[row] = (boxes, np.zeros(len(boxes), bool), cands["class search"][2] + time.perf_counter() - t)
+                    tags[row] = tuple(VOUCHED + n if v else "search" for n, v in zip(names, ok))
+                    iou = box_iou(boxes, g) if len(g) else np.zeros((len(boxes), 0))
+                    for j, (n, v) in enumerate(zip(names, ok)):
+                        where = ("background" if iou[j].max(initial=0) < 0.5 else
+                                 "its class" if gt[int(iou[j].argmax())]["cls"] == n else "another class")
+                        sorts[k, where, "windows"] += 1
+                        sorts[k, where, "vouched"] += int(v)
             for rank in ("cosine", "lda"):  # the LDA model: vouching the cosine's windows; ranking its own
                 t = time.perf_counter()
                 finder.rank, finder.accept = rank, "lda"
@@ -195,7 +230,6 @@ def main() -> int:
             today = cands["today's proposals"]
             cands["today's + search"] = (np.vstack([today[0], boxes]), np.r_[today[1], cands["class search"][1]],
                                          today[2] + cands["class search"][2])
-            done = {}  # boxes -> their embeddings: candidate sets sharing windows embed them once
             for name, (xyxy, always, dt) in cands.items():
                 t = time.perf_counter()
                 key = np.asarray(xyxy, np.float32).tobytes()
@@ -206,6 +240,13 @@ def main() -> int:
                 runs[name].append((seed, gate, gt, xyxy, x, always, tags.pop(name, ()), dt + time.perf_counter() - t))
         print(f"seed {seed}: classes {', '.join(f'{n} r={r:.2f}' for n, r in zip(gate.names, gate.radii))}",
               flush=True)
+        print(f"  reference: {sum(map(len, reference.members.values()))} members, {len(reference.background)} "
+              f"background windows ({dirty['iou>=0.5']} of {dirty['learnt']} learnt on an object at IoU >= 0.5, "
+              f"{dirty['iou>=0.3']} at >= 0.3)")
+        for k in args.k:
+            print(f"  kNN k={k}, windows vouched for / found, by where they lie: " + ", ".join(
+                f"{w} {sorts[k, w, 'vouched']}/{sorts[k, w, 'windows']}"
+                for w in ("its class", "another class", "background")), flush=True)
     print(f"{len(args.seeds)} seeds x {args.frames} still frames; scale {args.scale}, per class {args.per_class}, "
           f"limit {args.limit}, oracle {args.oracle}; LDA member quantile {args.member_q}, shrink {args.shrink}, "
           f"{'clean' if args.clean else 'all-window'} background; "

@@ -137,7 +137,8 @@ class ClassSearch:
     their windows on no box of the frame (negatives). `rank`: windows ranked by cosine to the prototypes'
     mean ("cosine") or by the class's LDA score ("lda"). `accept`: how a window is vouched for — "reach"
     (map cosine no lower than the class's least typical prototype's) or "lda" (its LDA score at least the
-    `member_q` quantile of the class's own prototypes' scores and above every negative's)."""
+    `member_q` quantile of the class's own prototypes' scores and above every negative's) or "none" (the map
+    vouches for nothing; the window's crop is judged instead, models/reference.py)."""
 
     def __init__(self, per_class: int = 4, limit: int = 30, keep: int = 32, iou: float = 0.3,
                  rank: str = "cosine", accept: str = "lda", member_q: float = 0.25, clean: bool = False,
@@ -166,7 +167,7 @@ class ClassSearch:
             name = names[i]
             self.protos.setdefault(name, deque(maxlen=self.keep)).append(v)
             self.sizes.setdefault(name, deque(maxlen=self.keep)).append(box[2:] - box[:2])
-        if self.rank == "cosine" and self.accept == "reach":
+        if self.rank == "cosine" and self.accept in ("reach", "none"):
             return  # the background is the LDA's alone
         for name in dict.fromkeys(names[i] for i in rows):
             win, feats = window_features(dense.table, dense.stride, dense.frame_hw, self.shapes(name))
@@ -217,6 +218,8 @@ class ClassSearch:
             names += [name] * len(keep)
             if self.accept == "lda":
                 vouched.append(lda[keep] >= model[2] if model else np.zeros(len(keep), bool))
+            elif self.accept == "none":  # the crops decide (models/reference.py)
+                vouched.append(np.zeros(len(keep), bool))
             else:
                 vouched.append(cosine[keep] >= self.reach(name) - 1e-6)
         if not boxes:

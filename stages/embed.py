@@ -9,6 +9,7 @@ from models.compiled import build_embedder
 from models.detections import Embedder
 from models.proposals import PROPOSAL, box_iou
 from models.sddc import Gate, gate_of_snapshot, load_memory, normalize
+from models.reference import Reference, hard_negatives
 from models.search import VOUCHED, ClassSearch, dense_map, refine
 from stages.config import ConfigError
 from stages.process import StageProcess, limit_threads
@@ -25,11 +26,15 @@ class Search:
     """The class search of one embed worker: the classes (the memory file's, then each ClassUpdate's), what
     their boxes look like in the dense map, and the windows it adds to each frame."""
 
-    def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0):
+    def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0,
+                 reference: Reference | None = None, negatives: int = 4):
         if not hasattr(network, "feature_map"):
             raise ConfigError(f"embed.search needs an embedder with a dense feature map (efficientnet_lite0), "
                               f"not {type(network).__name__}")
         self.network, self.gate, self.finder, self.scale, self.refine = network, gate, finder, scale, refine
+        # with a reference, a window's crop is vouched for by kNN (models/reference.py), not by the map
+        self.reference, self.negatives = reference, negatives
+        self.learnt = np.zeros((0, 4), np.float32)  # the background windows the last frame added (benchmarks)
 
     def update(self, update: ClassUpdate, dim: int) -> str | None:
         """Applies a class snapshot; returns why it cannot be used, or None."""
@@ -37,27 +42,39 @@ class Search:
             return f"class update of dim {update.centroids.shape[1]}, this embedder's is {dim}"
         self.gate = gate_of_snapshot(update, self.gate.set_size, self.gate.pool)  # as the gate stage's, centre included
         self.finder.forget_except(set(self.gate.names))
+        if self.reference is not None:
+            self.reference.forget_except(set(self.gate.names))
         return None
 
-    def windows(self, msg: FrameDetections | FrameEmbeddings, x: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
-        """msg's boxes with their embeddings (N, D) -> (M, 4) windows to embed and their det_labels: the map
-        learns the boxes the classes hold, then proposes; a window over a box of the frame already taken
-        (below) goes. A window the map vouches for as class c (ClassSearch.candidates) is VOUCHED + c."""
+    def windows(self, msg: FrameDetections | FrameEmbeddings,
+                x: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], list[str], np.ndarray]:
+        """msg's boxes with their embeddings (N, D) -> (M, 4) windows to embed, their det_labels and the class
+        each was found for, and (≤ negatives, 4) background windows to embed for the reference (none without
+        one): the map learns the boxes the classes hold, then proposes; a window over a box of the frame
+        already taken (below) goes. A window the map vouches for as class c (ClassSearch.candidates) is
+        VOUCHED + c."""
+        none = np.zeros((0, 4), np.float32)
         if len(self.gate) == 0:
-            return np.zeros((0, 4), np.float32), ()
+            return none, (), [], none
         dense = dense_map(self.network, msg.image, self.scale)
         index, _ = self.gate.classify(normalize(x)) if len(x) else (np.zeros(0, np.int64), None)
-        self.finder.learn(dense, msg.xyxy, [self.gate.names[i] if i >= 0 else None for i in index])
-        found, names, vouched = self.finder.candidates(dense)
-        labels = np.array([VOUCHED + n if v else SEARCH_LABEL for n, v in zip(names, vouched)], object)
+        names = [self.gate.names[i] if i >= 0 else None for i in index]
+        self.finder.learn(dense, msg.xyxy, names)
+        found, classes, vouched = self.finder.candidates(dense)
+        negatives = none
+        if self.reference is not None:
+            self.reference.learn(normalize(x), names)
+            learnt = list(dict.fromkeys(n for n in names if n is not None))
+            negatives = hard_negatives(self.finder, dense, msg.xyxy, learnt, found, self.negatives) if learnt else none
+        labels = np.array([VOUCHED + n if v else SEARCH_LABEL for n, v in zip(classes, vouched)], object)
         # A box of the frame that is seen as a class, or a detector or motion box (a tracked object: ByteTrack
         # would give a window over it that track, and the gate keeps a settled track's box even unseen), is
         # where the search has nothing to add; only an unseen low-score guess may be bettered.
         taken = msg.xyxy[(index >= 0) | np.array([o != PROPOSAL for o in msg.origins], bool).reshape(len(index))]
         if len(found) and len(taken):
             free = box_iou(found, taken).max(axis=1) < 0.5
-            found, labels = found[free], labels[free]
-        return found, tuple(labels.tolist())
+            found, labels, classes = found[free], labels[free], [c for c, f in zip(classes, free) if f]
+        return found, tuple(labels.tolist()), classes, negatives
 
 
 def embed(model: Embedder, msgs: list[FrameDetections], search: Search | None = None) -> list[FrameEmbeddings]:
@@ -72,15 +89,25 @@ def embed(model: Embedder, msgs: list[FrameDetections], search: Search | None = 
 
 
 def searched(model: Embedder, msg: FrameEmbeddings, search: Search) -> FrameEmbeddings:
-    """msg with the search's windows appended, each embedded like any box (origin proposal, det_label search)."""
-    found, labels = search.windows(msg, msg.embeddings)
+    """msg with the search's windows appended, each embedded like any box (origin proposal, det_label search,
+    or VOUCHED + class when vouched for); the reference's background windows are embedded in the same batch."""
+    found, labels, classes, negatives = search.windows(msg, msg.embeddings)
+    search.learnt = negatives
+    if len(found) + len(negatives) == 0:
+        return msg
+    both = model.embed(crop(msg.image, np.vstack([found, negatives])))
+    x = both[:len(found)]
+    if search.reference is not None and len(negatives):
+        search.reference.add_background(normalize(both[len(found):]))
     if len(found) == 0:
         return msg
-    x = model.embed(crop(msg.image, found))
     if search.refine:  # nudge windows near a class towards its centroid, a few crops each
         gate = search.gate
         found, x = refine(found, x, lambda b: model.embed(crop(msg.image, b)), lambda v: gate.space(normalize(v)),
                           gate.centroids, gate.effective_radii(), rounds=search.refine)
+    if search.reference is not None:  # the crops' kNN decides which windows are vouched for
+        ok = search.reference.vouch(normalize(x), classes, search.gate.space)
+        labels = tuple(VOUCHED + c if v else SEARCH_LABEL for c, v in zip(classes, ok))
     k = len(found)
     return FrameEmbeddings(msg.frame, np.vstack([msg.xyxy, found]).astype(np.float32),
                            np.concatenate([msg.scores, np.full(k, SEARCH_SCORE, np.float32)]),
@@ -96,8 +123,10 @@ def build_search(stage: StageProcess, model: Embedder) -> tuple[Search | None, I
         return None, None
     # another runtime (models/compiled.py) wraps the torch model it was exported from: the map comes from that
     network = model if hasattr(model, "feature_map") else getattr(model, "model", model)
+    # the map ranks the windows; their crops' kNN vouches for them (models/reference.py)
     search = Search(network, load_memory(g.memory, g.set_size, g.radius_pool),
-                    ClassSearch(s.search_per_class, s.search_limit), s.search_scale, s.search_refine)
+                    ClassSearch(s.search_per_class, s.search_limit, accept="none"), s.search_scale, s.search_refine,
+                    Reference())
     return search, Inbox(stage.socket("classes"), "embed/classes", (ClassUpdate,))
 
 
