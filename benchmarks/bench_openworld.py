@@ -44,6 +44,7 @@ from models.detections import Detections  # noqa: E402
 from models.openworld import TrackAges  # noqa: E402
 from models.proposals import box_iou  # noqa: E402
 from models.registry import DETECTORS, EMBEDDERS  # noqa: E402
+from models.reference import Reference  # noqa: E402
 from models.search import VOUCHED, ClassSearch  # noqa: E402
 from models.sddc import UNSEEN, Gate  # noqa: E402
 from models.tracks import BoxTracker, LabelVotes  # noqa: E402
@@ -226,7 +227,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", help="npz of detector results and box embeddings, read and written (iteration)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    p.add_argument("--accept", choices=("lda", "reach"), default="lda", help="how the search vouches for a window")
+    p.add_argument("--accept", choices=("knn", "lda", "reach"), default="knn",
+                   help="how the search vouches for a window: its crop's kNN (the embed stage's), or the map's")
+    p.add_argument("--k", type=int, default=1, help="kNN vouching: neighbours")
+    p.add_argument("--negatives", type=int, default=4, help="kNN vouching: background windows learnt a frame")
     p.add_argument("--member-q", type=float, default=0.25, help="LDA vouching: quantile of the class's own scores")
     p.add_argument("--search", action="store_true", help="a third pipeline, '+search': the open-world one with "
                    "the class search of embed.search (docs/box-predictor.md); its windows are not cached; and a "
@@ -245,8 +249,12 @@ def main() -> int:
     srun = Run(settings) if args.search else None
     rrun = Run(settings) if args.search else None  # the same windows, the gate's radius alone (before vouching)
     spent, vouched = Counter(), Counter()  # phase -> seconds in the search (map, windows, their crops); vouched windows
-    finder = ClassSearch(e.search_per_class, e.search_limit, accept=args.accept, member_q=args.member_q)
-    search = None if srun is None else Search(embedder, srun.gate, finder, e.search_scale, e.search_refine)
+    knn = args.accept == "knn"
+    finder = ClassSearch(e.search_per_class, e.search_limit, accept="none" if knn else args.accept,
+                         member_q=args.member_q)
+    search = None if srun is None else Search(embedder, srun.gate, finder, e.search_scale, e.search_refine,
+                                              Reference(k=args.k) if knn else None, args.negatives)
+    learnt = Counter()  # (phase, what) -> background windows learnt, those on an object; vouched on background
     cache = Cache(args.cache, model, embedder)
     t0, n = time.monotonic(), 0
     origins = Counter()
@@ -265,6 +273,14 @@ def main() -> int:
             smsg = searched(embedder, msg, search)
             spent[phase] += time.monotonic() - t
             vouched[phase] += sum(lab.startswith(VOUCHED) for lab in smsg.det_labels)
+            g = np.array([o["bbox"] for o in gt], np.float32).reshape(-1, 4)
+            on = box_iou(search.learnt, g).max(axis=1, initial=0) if len(g) and len(search.learnt) else np.zeros(0)
+            learnt[phase, "all"] += len(search.learnt)
+            learnt[phase, "on an object"] += int((on >= 0.5).sum())
+            mine = np.array([lab.startswith(VOUCHED) for lab in smsg.det_labels], bool)
+            if mine.any():
+                over = box_iou(smsg.xyxy[mine], g).max(axis=1, initial=0) if len(g) else np.zeros(int(mine.sum()))
+                learnt[phase, "vouched on background"] += int((over < 0.5).sum())
             srun.step(smsg, phase, gt)
             plain = tuple(SEARCH_LABEL if lab.startswith(VOUCHED) else lab for lab in smsg.det_labels)
             rrun.step(FrameEmbeddings(smsg.frame, smsg.xyxy, smsg.scores, plain, smsg.embeddings,
@@ -299,6 +315,11 @@ def main() -> int:
         counts = {"empty": args.empty, "moving": args.moving, "stopped": args.stopped, "still": args.still}
         print("search s/frame: " + ", ".join(f"{ph} {spent[ph] / max(k, 1):.2f}" for ph, k in counts.items()))
         print("vouched windows/frame: " + ", ".join(f"{ph} {vouched[ph] / max(k, 1):.2f}" for ph, k in counts.items()))
+        print("vouched windows on background (IoU < 0.5 with every object)/frame: " + ", ".join(
+            f"{ph} {learnt[ph, 'vouched on background'] / max(k, 1):.2f}" for ph, k in counts.items()))
+        if knn:
+            print("background windows learnt (embedded)/frame, of which on an object (IoU >= 0.5): " + ", ".join(
+                f"{ph} {learnt[ph, 'all'] / max(k, 1):.2f} ({learnt[ph, 'on an object']})" for ph, k in counts.items()))
     print(embedding_check(crops))
     return 0
 

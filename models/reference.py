@@ -26,7 +26,7 @@ class Reference:
 
     def learn(self, x: np.ndarray, names: list[str | None]) -> None:
         """x (N, D) unit crop embeddings of a frame's boxes, each with its class or None (not a class)."""
-        for v, name in zip(np.asarray(x, np.float32).reshape(len(names), -1), names):
+        for v, name in zip(np.asarray(x, np.float32), names):
             if name is not None:
                 self.members.setdefault(name, deque(maxlen=self.size)).append(v)
 
@@ -41,7 +41,7 @@ class Reference:
         """x (M, D) unit crop embeddings of windows, each found for the class in `names` -> (M,) bool: more than
         half of its k nearest (cosine in `space`, the gate's) among every class's members and the background
         are members of that class. Nothing is vouched for before the background has k windows."""
-        x = np.asarray(x, np.float32).reshape(len(names), -1)
+        x = np.asarray(x, np.float32)
         ref = [(n, v) for n, vs in self.members.items() for v in vs] + [(BACKGROUND, v) for v in self.background]
         if not len(x) or len(self.background) < self.k or not ref:
             return np.zeros(len(x), bool)

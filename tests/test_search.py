@@ -296,3 +296,90 @@ def test_a_still_object_outside_the_radius_is_found_through_a_vouched_window_and
     radius_only = out.__class__(out.frame, out.xyxy, out.scores, (SEARCH,) * len(out), out.embeddings,
                                 origins=out.origins)
     assert len(label(gate, radius_only)[0]) == 0  # the paper's gate alone: not one box
+
+
+def test_knn_vouches_for_a_window_among_its_class_members_not_one_nearer_the_background():
+    from models.reference import Reference
+    rng = np.random.default_rng(7)
+
+    def around(v, n):
+        return normalize(np.asarray(v, np.float32) + rng.normal(0, 0.03, (n, 3)).astype(np.float32))
+    ref = Reference(members=64, background=256)
+    ref.learn(np.vstack([around([1, 0, 0], 10), around([0, 1, 0], 10)]), ["A"] * 10 + ["B"] * 10)
+    ref.learn(around([0, 0, 1], 2), [None, None])  # boxes of no class are no members
+    assert set(ref.members) == {"A", "B"} and len(ref.members["A"]) == 10
+    identity = normalize
+    assert not ref.vouch(around([1, 0, 0], 1), ["A"], identity).any()  # no background yet: nothing vouched
+    ref.add_background(around([0.7, 0, 0.7], 20))  # background that looks a bit like A
+    x = normalize(np.array([[0.78, 0.0, 0.62], [0.98, 0.05, 0.1], [0.98, 0.05, 0.1]], np.float32))
+    centroids = normalize(np.array([[1, 0, 0], [0, 1, 0]], np.float32))
+    assert (x @ centroids.T).argmax(axis=1).tolist() == [0, 0, 0]  # the crops' nearest class is A for all three
+    assert ref.vouch(x, ["A", "A", "B"], identity).tolist() == [False, True, False]  # nearer the background; A's
+    ref.k = 3
+    assert ref.vouch(x, ["A", "A", "B"], identity).tolist() == [False, True, False]
+    ref.forget_except({"B"})
+    assert not ref.vouch(x, ["A", "A", "A"], identity).any()
+
+
+def test_knn_judges_in_the_gate_space_its_centre_included():
+    from models.reference import Reference
+    ref = Reference()
+    ref.learn(normalize(np.array([[1.0, 1.0, 0.2]], np.float32)), ["A"])
+    ref.add_background(normalize(np.array([[1.0, 1.0, -0.2]], np.float32)))
+    x = normalize(np.array([[1.0, 1.0, 0.05]], np.float32))
+    gate = Gate.empty(set_size=7)
+    assert ref.vouch(x, ["A"], gate.space).tolist() == [True]
+    gate.center = normalize(np.array([[1.0, 1.0, 0.12]], np.float32))[0]  # centred, the query lies on the other side
+    assert ref.vouch(x, ["A"], gate.space).tolist() == [False]
+
+
+def test_hard_negatives_lie_on_no_box_nor_a_proposed_window_and_look_like_the_class_first():
+    from models.reference import hard_negatives
+    rng = np.random.default_rng(11)
+    finder = ClassSearch(per_class=2, limit=4)
+    fmap = synthetic_map(rng, (3, 3, 7, 6))
+    fmap[:, 12:15, 20:24] = fmap[:, 3:6, 3:7]  # an unboxed patch that looks like the object
+    dense = DenseMap(fmap, 16.0, (320, 480))
+    box = np.array([[48, 48, 112, 96]], np.float32)
+    finder.learn(dense, box, ["thing"])
+    negs = hard_negatives(finder, dense, box, ["thing"], np.zeros((0, 4)), n=4)
+    assert 1 <= len(negs) <= 4 and box_iou(negs, box).max() < 0.3
+    patch = np.array([[320, 192, 384, 240]], np.float32)
+    assert box_iou(negs[:1], patch).item() >= 0.5  # the most class-like background first
+    avoided = hard_negatives(finder, dense, box, ["thing"], patch, n=4)
+    assert box_iou(avoided, patch).max() < 0.3  # a window judged on this frame is never learnt on it
+    assert len(hard_negatives(finder, dense, box, ["other"], np.zeros((0, 4)))) == 0
+
+
+def test_the_embed_stage_vouches_for_a_still_object_by_its_crop_and_learns_background_off_its_boxes():
+    from models.boxes import crop
+    from models.reference import Reference, hard_negatives
+    model = Fake()
+    gate = Gate.empty(set_size=7)
+    loose = [still_scene(32, 16)[0][0:80, 16:80]]  # the class's crops were loose: the exact view lies outside
+    gate.add("novel-1", normalize(model.embed(loose))[0], 1e-3, 10, discovered=True)
+    search = Search(model, gate, ClassSearch(accept="none"), reference=Reference())
+    for x in (32, 64, 96, 128):  # four frames where a box of the class came through: its crop, hard background
+        image, box = still_scene(x, 16)
+        dense = dense_map(model, image)
+        search.finder.learn(dense, box, ["novel-1"])
+        search.reference.learn(normalize(model.embed(crop(image, box))), ["novel-1"])
+        negatives = hard_negatives(search.finder, dense, box, ["novel-1"], np.zeros((0, 4)))
+        search.reference.add_background(normalize(model.embed(crop(image, negatives))))
+    still, truth = still_scene(160, 96)
+    out = embed(model, [detections(5, still, np.zeros((0, 4)))], search)[0]
+    vouched = [b for b, lab in zip(out.xyxy, out.det_labels) if lab == "search:novel-1"]
+    assert len(vouched) == 1 and box_iou(vouched[0], truth).item() >= 0.5
+    assert len(out) > 1 and len(search.learnt) == 0  # other windows, not vouched; no class learnt here: no background
+    labeled, _ = label(gate, out)
+    assert list(labeled.labels) == ["novel-1"] and box_iou(labeled.xyxy, truth).item() >= 0.5
+    radius_only = out.__class__(out.frame, out.xyxy, out.scores, (SEARCH,) * len(out), out.embeddings,
+                                origins=out.origins)
+    assert len(label(gate, radius_only)[0]) == 0  # the paper's gate alone: not one box
+    # a frame where the class learns (a box inside its radius): background windows off every box are learnt
+    gate.add("novel-2", normalize(model.embed([still[96:144, 160:192]]))[0], 0.5, 10, discovered=True)
+    before = len(search.reference.background)
+    out = embed(model, [detections(6, still, truth)], search)[0]
+    assert 1 <= len(search.learnt) <= 4 and box_iou(search.learnt, truth).max() < 0.3
+    assert len(search.reference.background) == before + len(search.learnt)
+    assert [len(v) for v in search.reference.members.values()] == [4, 1]
