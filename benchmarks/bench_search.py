@@ -203,7 +203,8 @@ def main() -> int:
                     tags[row] = tuple(VOUCHED + n if v else "search" for n, v in zip(names, ok))
                     iou = box_iou(boxes, g) if len(g) else np.zeros((len(boxes), 0))
                     for j, (n, v) in enumerate(zip(names, ok)):
-                        where = ("background" if iou[j].max(initial=0) < 0.5 else
+                        where = ("background" if iou[j].max(initial=0) < 0.1 else "part of an object"
+                                 if iou[j].max(initial=0) < 0.5 else
                                  "its class" if gt[int(iou[j].argmax())]["cls"] == n else "another class")
                         sorts[k, where, "windows"] += 1
                         sorts[k, where, "vouched"] += int(v)
@@ -246,7 +247,7 @@ def main() -> int:
         for k in args.k:
             print(f"  kNN k={k}, windows vouched for / found, by where they lie: " + ", ".join(
                 f"{w} {sorts[k, w, 'vouched']}/{sorts[k, w, 'windows']}"
-                for w in ("its class", "another class", "background")), flush=True)
+                for w in ("its class", "another class", "part of an object", "background")), flush=True)
     print(f"{len(args.seeds)} seeds x {args.frames} still frames; scale {args.scale}, per class {args.per_class}, "
           f"limit {args.limit}, oracle {args.oracle}; LDA member quantile {args.member_q}, shrink {args.shrink}, "
           f"{'clean' if args.clean else 'all-window'} background; "
