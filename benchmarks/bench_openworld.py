@@ -231,6 +231,8 @@ def main() -> int:
                    help="how the search vouches for a window: its crop's kNN (the embed stage's), or the map's")
     p.add_argument("--k", type=int, default=1, help="kNN vouching: neighbours")
     p.add_argument("--negatives", type=int, default=4, help="kNN vouching: background windows learnt a frame")
+    p.add_argument("--member-origins", help="kNN vouching: origins of the boxes learnt as members (e.g. "
+                   "detector,motion; default every origin)")
     p.add_argument("--member-q", type=float, default=0.25, help="LDA vouching: quantile of the class's own scores")
     p.add_argument("--search", action="store_true", help="a third pipeline, '+search': the open-world one with "
                    "the class search of embed.search (docs/box-predictor.md); its windows are not cached; and a "
@@ -253,7 +255,8 @@ def main() -> int:
     finder = ClassSearch(e.search_per_class, e.search_limit, accept="none" if knn else args.accept,
                          member_q=args.member_q)
     search = None if srun is None else Search(embedder, srun.gate, finder, e.search_scale, e.search_refine,
-                                              Reference(k=args.k) if knn else None, args.negatives)
+                                              Reference(k=args.k) if knn else None, args.negatives,
+                                              tuple(args.member_origins.split(",")) if args.member_origins else None)
     learnt = Counter()  # (phase, what) -> background windows learnt, those on an object; vouched on background
     cache = Cache(args.cache, model, embedder)
     t0, n = time.monotonic(), 0
@@ -277,6 +280,9 @@ def main() -> int:
             on = box_iou(search.learnt, g).max(axis=1, initial=0) if len(g) and len(search.learnt) else np.zeros(0)
             learnt[phase, "all"] += len(search.learnt)
             learnt[phase, "on an object"] += int((on >= 0.5).sum())
+            for j in search.members:  # the reference's members of this frame, by origin and whether on an object
+                hit = len(g) and box_iou(msg.xyxy[j:j + 1], g).max() >= 0.5
+                learnt[phase, "member", msg.origins[j], "on an object" if hit else "off"] += 1
             mine = np.array([lab.startswith(VOUCHED) for lab in smsg.det_labels], bool)
             if mine.any():
                 over = box_iou(smsg.xyxy[mine], g).max(axis=1, initial=0) if len(g) else np.zeros(int(mine.sum()))
@@ -320,6 +326,9 @@ def main() -> int:
         if knn:
             print("background windows learnt (embedded)/frame, of which on an object (IoU >= 0.5): " + ", ".join(
                 f"{ph} {learnt[ph, 'all'] / max(k, 1):.2f} ({learnt[ph, 'on an object']})" for ph, k in counts.items()))
+            print("members learnt (on an object / off every object) by origin: " + "; ".join(
+                f"{ph} " + ", ".join(f"{o} {learnt[ph, 'member', o, 'on an object']}/{learnt[ph, 'member', o, 'off']}"
+                                     for o in ("detector", "proposal", "motion")) for ph in counts))
     print(embedding_check(crops))
     return 0
 

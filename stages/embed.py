@@ -27,14 +27,15 @@ class Search:
     their boxes look like in the dense map, and the windows it adds to each frame."""
 
     def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0,
-                 reference: Reference | None = None, negatives: int = 4):
+                 reference: Reference | None = None, negatives: int = 4, member_origins: tuple[str, ...] | None = None):
         if not hasattr(network, "feature_map"):
             raise ConfigError(f"embed.search needs an embedder with a dense feature map (efficientnet_lite0), "
                               f"not {type(network).__name__}")
         self.network, self.gate, self.finder, self.scale, self.refine = network, gate, finder, scale, refine
         # with a reference, a window's crop is vouched for by kNN (models/reference.py), not by the map
-        self.reference, self.negatives = reference, negatives
+        self.reference, self.negatives, self.member_origins = reference, negatives, member_origins
         self.learnt = np.zeros((0, 4), np.float32)  # the background windows the last frame added (benchmarks)
+        self.members = np.zeros(0, np.int64)  # the last frame's boxes the reference learnt as members (benchmarks)
 
     def update(self, update: ClassUpdate, dim: int) -> str | None:
         """Applies a class snapshot; returns why it cannot be used, or None."""
@@ -63,7 +64,11 @@ class Search:
         found, classes, vouched = self.finder.candidates(dense)
         negatives = none
         if self.reference is not None:
-            self.reference.learn(normalize(x), names)
+            # members: boxes seen as a class, of the origins the reference learns from (None: every origin)
+            members = [n if self.member_origins is None or o in self.member_origins else None
+                       for n, o in zip(names, msg.origins)]
+            self.reference.learn(normalize(x), members)
+            self.members = np.array([i for i, n in enumerate(members) if n is not None], np.int64)
             learnt = list(dict.fromkeys(n for n in names if n is not None))
             negatives = hard_negatives(self.finder, dense, msg.xyxy, learnt, found, self.negatives) if learnt else none
         labels = np.array([VOUCHED + n if v else SEARCH_LABEL for n, v in zip(classes, vouched)], object)
