@@ -123,8 +123,8 @@ class Run:
         self.rules = DiscoveryRules.from_settings(settings.cluster)
         self.rows = []  # per frame: (phase, gt boxes, gt classes, kept boxes, labels, origins)
 
-    def step(self, msg, phase: str, gt: list[dict]) -> None:
-        labeled, unseen = label(self.gate, msg, self.trackers[msg.source], self.votes, 32,
+    def step(self, msg, phase: str, gt: list[dict], gate=None) -> None:
+        labeled, unseen = label(gate or self.gate, msg, self.trackers[msg.source], self.votes, 32,
                                 self.ages[msg.source], self.s.gate.persist,
                                 self.s.gate.steady)
         if len(unseen):
@@ -134,6 +134,46 @@ class Run:
 
     def cluster(self) -> None:
         discover(self.gate, self.buffer, self.rules, self.s.gate.alpha)
+
+
+class Nearest:
+    """The run's gate, except that the last `k` boxes of a frame are seen as their crop's nearest class (no
+    radius): the bound of any acceptance that rejects only background."""
+
+    def __init__(self, gate: Gate, k: int):
+        self.gate, self.k = gate, k
+
+    def classify(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        index, distance = self.gate.classify(x)
+        if len(self.gate) and self.k:
+            z = self.gate.space(x[-self.k:])
+            index[-self.k:] = ((z[:, None, :] - self.gate.centroids[None]) ** 2).sum(-1).argmin(axis=1)
+        return index, distance
+
+    def labels(self, index: np.ndarray) -> list[str]:
+        return self.gate.labels(index)
+
+
+class Perfect(Run):
+    """An ideal box predictor (`--perfect`): in the still phase the exact ground-truth boxes join the frame's
+    boxes as proposals of score 0 (det_label "perfect"), accepted by the gate's radius or, `nearest`, as their
+    crop's nearest class. What any box predictor could give with the classes discovery made."""
+
+    def __init__(self, settings, cache: "Cache", nearest: bool):
+        super().__init__(settings)
+        self.cache, self.nearest = cache, nearest
+
+    def step(self, msg, phase: str, gt: list[dict], gate=None) -> None:
+        if phase != "still" or not gt:
+            return super().step(msg, phase, gt)
+        g = np.array([o["bbox"] for o in gt], np.float32)
+        more = FrameEmbeddings(msg.frame, np.concatenate([msg.xyxy, g]),
+                               np.concatenate([msg.scores, np.zeros(len(g), np.float32)]),
+                               tuple(msg.det_labels) + ("perfect",) * len(g),
+                               np.zeros((len(msg) + len(g), msg.embeddings.shape[1]), np.float32),
+                               origins=tuple(msg.origins) + ("proposal",) * len(g))
+        more = self.cache.embed(msg.frame.index, more)
+        super().step(more, phase, gt, Nearest(self.gate, len(g)) if self.nearest else None)
 
 
 def nmi(a: list, b: list) -> float:
@@ -237,6 +277,9 @@ def main() -> int:
     p.add_argument("--search", action="store_true", help="a third pipeline, '+search': the open-world one with "
                    "the class search of embed.search (docs/box-predictor.md); its windows are not cached; and a "
                    "fourth, '+search/r': the same windows judged by the radius alone (no window vouched for)")
+    p.add_argument("--perfect", action="store_true", help="two more pipelines, the open-world one with the exact "
+                   "ground-truth boxes added in the still phase: '+gt' (the gate's radius decides) and "
+                   "'+gt/nn' (each seen as its nearest class): the bound of any box predictor")
     args = p.parse_args()
     overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
     settings = load(args.config, overrides)
@@ -259,6 +302,7 @@ def main() -> int:
                                               tuple(args.member_origins.split(",")) if args.member_origins else None)
     learnt = Counter()  # (phase, what) -> background windows learnt, those on an object; vouched on background
     cache = Cache(args.cache, model, embedder)
+    perfect = [("+gt/nn" if nn else "+gt", Perfect(settings, cache, nn)) for nn in (False, True)] if args.perfect else []
     t0, n = time.monotonic(), 0
     origins = Counter()
     crops = []  # (embedding, true class, object) of every embedded box covering an object
@@ -291,6 +335,8 @@ def main() -> int:
             plain = tuple(SEARCH_LABEL if lab.startswith(VOUCHED) else lab for lab in smsg.det_labels)
             rrun.step(FrameEmbeddings(smsg.frame, smsg.xyxy, smsg.scores, plain, smsg.embeddings,
                                       origins=smsg.origins), phase, gt)
+        for _, run in perfect:
+            run.step(msg, phase, gt)
         if gt and len(msg):
             iou = box_iou(msg.xyxy, np.array([o["bbox"] for o in gt], np.float32))
             crops += [(msg.embeddings[j], gt[int(iou[j].argmax())]["cls"], int(iou[j].argmax()) + 100 * (phase == "still"))
@@ -301,6 +347,8 @@ def main() -> int:
             if srun is not None:
                 srun.cluster()
                 rrun.cluster()
+            for _, run in perfect:
+                run.cluster()
         n += 1
     cache.save()
     print(f"{n} frames in {time.monotonic() - t0:.0f} s ({cache.embedded} boxes embedded); "
@@ -309,8 +357,8 @@ def main() -> int:
     print("phase    pipeline    recall  false/frame  labelled  classes/real  purity   NMI  known-class recall  "
           "recall of classes found before")
     for phase in ("empty", "moving", "stopped", "still"):
-        searches = (("+search", srun), ("+search/r", rrun)) if srun else ()
-        for name, run in (("today", today), ("open-world", new)) + searches:
+        searches = [("+search", srun), ("+search/r", rrun)] if srun else []
+        for name, run in [("today", today), ("open-world", new)] + searches + perfect:
             r = score(run, phase, known, discovered(run, ("moving", "stopped")) if phase == "still" else None)
             print(f"{phase:8s} {name:10s}  {r['recall']:6.2f}  {r['false']:11.2f}  {r['labelled']:8.2f}  "
                   f"{r['classes']:7d}/6  {r['purity']:6.2f}  {r['nmi']:4.2f}  {r['known_recall']:6.2f} "

@@ -20,7 +20,7 @@ TINY = {
                            "--threads", "1"],
     "bench_nms.py": ["--source", BIKES, "--frames", "4"],
     "bench_openworld.py": ["--empty", "2", "--moving", "4", "--stopped", "2", "--still", "2", "--period", "4",
-                           "--search"],
+                           "--search", "--perfect"],
     "bench_pipeline.py": ["--source", BIKES, "--frames", "8"],
     "bench_restart.py": ["--stage", "gate", "--at", "3", "--source", BIKES, "--set", "capture.max_frames=12"],
     "bench_scale_out.py": ["--source", BIKES, "--second", BIKES, "--frames", "6"],
