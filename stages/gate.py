@@ -38,7 +38,7 @@ def label(gate: Gate, msg: FrameEmbeddings, tracker: BoxTracker | None = None, v
     x = normalize(msg.embeddings) if n else np.zeros((0, msg.embeddings.shape[1]), np.float32)
     index, distance = gate.classify(x)
     # class-search windows the map vouched for: seen as that class when the crop's nearest class agrees
-    if len(gate) and any(lab.startswith(VOUCHED) for lab in msg.det_labels):
+    if any(lab.startswith(VOUCHED) for lab in msg.det_labels) and len(gate):
         index = vouch(gate.centroids, gate.space(x), msg.det_labels, gate.names, index, msg.origins)
     labels = gate.labels(index)
     detector = np.array([o == "detector" for o in msg.origins], bool).reshape(n)
