@@ -271,6 +271,8 @@ def main() -> int:
                    help="how the search vouches for a window: its crop's kNN (the embed stage's), or the map's")
     p.add_argument("--k", type=int, default=1, help="kNN vouching: neighbours")
     p.add_argument("--negatives", type=int, default=4, help="kNN vouching: background windows learnt a frame")
+    p.add_argument("--learn-proposed", action="store_true", help="kNN vouching: background may be learnt on the "
+                   "frame's proposed windows unless vouched for (default: never on them)")
     p.add_argument("--member-origins", help="kNN vouching: origins of the boxes learnt as members (e.g. "
                    "detector,motion; default every origin)")
     p.add_argument("--member-q", type=float, default=0.25, help="LDA vouching: quantile of the class's own scores")
@@ -299,7 +301,8 @@ def main() -> int:
                          member_q=args.member_q)
     search = None if srun is None else Search(embedder, srun.gate, finder, e.search_scale, e.search_refine,
                                               Reference(k=args.k) if knn else None, args.negatives,
-                                              tuple(args.member_origins.split(",")) if args.member_origins else None)
+                                              tuple(args.member_origins.split(",")) if args.member_origins else None,
+                                              args.learn_proposed)
     learnt = Counter()  # (phase, what) -> background windows learnt, those on an object; vouched on background
     cache = Cache(args.cache, model, embedder)
     perfect = [("+gt/nn" if nn else "+gt", Perfect(settings, cache, nn)) for nn in (False, True)] if args.perfect else []

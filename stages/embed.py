@@ -27,13 +27,17 @@ class Search:
     their boxes look like in the dense map, and the windows it adds to each frame."""
 
     def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0,
-                 reference: Reference | None = None, negatives: int = 4, member_origins: tuple[str, ...] | None = None):
+                 reference: Reference | None = None, negatives: int = 4, member_origins: tuple[str, ...] | None = None,
+                 learn_proposed: bool = False):
         if not hasattr(network, "feature_map"):
             raise ConfigError(f"embed.search needs an embedder with a dense feature map (efficientnet_lite0), "
                               f"not {type(network).__name__}")
         self.network, self.gate, self.finder, self.scale, self.refine = network, gate, finder, scale, refine
         # with a reference, a window's crop is vouched for by kNN (models/reference.py), not by the map
         self.reference, self.negatives, self.member_origins = reference, negatives, member_origins
+        # learn_proposed: background may be learnt on the frame's proposed windows too, unless vouched for
+        # (judged first); otherwise never on them (a window is never judged and learnt on the same frame)
+        self.learn_proposed = learn_proposed
         self.learnt = np.zeros((0, 4), np.float32)  # the background windows the last frame added (benchmarks)
         self.members = np.zeros(0, np.int64)  # the last frame's boxes the reference learnt as members (benchmarks)
 
@@ -70,7 +74,8 @@ class Search:
             self.reference.learn(normalize(x), members)
             self.members = np.array([i for i, n in enumerate(members) if n is not None], np.int64)
             learnt = list(dict.fromkeys(n for n in names if n is not None))
-            negatives = hard_negatives(self.finder, dense, msg.xyxy, learnt, found, self.negatives) if learnt else none
+            avoid = none if self.learn_proposed else found
+            negatives = hard_negatives(self.finder, dense, msg.xyxy, learnt, avoid, self.negatives) if learnt else none
         labels = np.array([VOUCHED + n if v else SEARCH_LABEL for n, v in zip(classes, vouched)], object)
         # A box of the frame that is seen as a class, or a detector or motion box (a tracked object: ByteTrack
         # would give a window over it that track, and the gate keeps a settled track's box even unseen), is
@@ -101,10 +106,13 @@ def searched(model: Embedder, msg: FrameEmbeddings, search: Search) -> FrameEmbe
     if len(found) + len(negatives) == 0:
         return msg
     both = model.embed(crop(msg.image, np.vstack([found, negatives])))
-    x = both[:len(found)]
-    if search.reference is not None and len(negatives):
-        search.reference.add_background(normalize(both[len(found):]))
+    x, xn = both[:len(found)], both[len(found):]
+    later = search.reference is not None and search.learn_proposed
+    if search.reference is not None and len(negatives) and not later:
+        search.reference.add_background(normalize(xn))
     if len(found) == 0:
+        if later and len(negatives):
+            search.reference.add_background(normalize(xn))
         return msg
     if search.refine:  # nudge windows near a class towards its centroid, a few crops each
         gate = search.gate
@@ -113,6 +121,10 @@ def searched(model: Embedder, msg: FrameEmbeddings, search: Search) -> FrameEmbe
     if search.reference is not None:  # the crops' kNN decides which windows are vouched for
         ok = search.reference.vouch(normalize(x), classes, search.gate.space)
         labels = tuple(VOUCHED + c if v else SEARCH_LABEL for c, v in zip(classes, ok))
+        if later and len(negatives):  # not on a window vouched for on this frame
+            free = box_iou(negatives, found[ok]).max(axis=1, initial=0) < 0.3 if ok.any() else np.ones(len(xn), bool)
+            search.reference.add_background(normalize(xn[free]))
+            search.learnt = negatives[free]
     k = len(found)
     return FrameEmbeddings(msg.frame, np.vstack([msg.xyxy, found]).astype(np.float32),
                            np.concatenate([msg.scores, np.full(k, SEARCH_SCORE, np.float32)]),
