@@ -284,7 +284,7 @@ def main() -> int:
     today, new = Run(settings), Run(settings)
     srun = Run(settings) if args.search else None
     search = None if srun is None else Search(embedder, srun.gate, ClassSearch(e.search_per_class, e.search_limit),
-                                              e.search_scale, e.search_refine)
+                                              e.search_scale, e.search_refine, e.search_snap)
     cache = Cache(args.cache, model, embedder)
     perfect = [("+gt/nn" if nn else "+gt", Perfect(settings, cache, nn)) for nn in (False, True)] if args.perfect else []
     t0, n = time.monotonic(), 0

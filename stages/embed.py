@@ -7,15 +7,17 @@ import numpy as np
 from models.boxes import crop
 from models.compiled import build_embedder
 from models.detections import Embedder
-from models.proposals import PROPOSAL, box_iou
+from models.proposals import PROPOSAL, agnostic_nms, box_iou
 from models.sddc import Gate, gate_of_snapshot, load_memory, normalize
 from models.search import ClassSearch, dense_map, refine
+from models.snap import snap
 from stages.config import ConfigError
 from stages.process import StageProcess, limit_threads
 from stream.messages import ClassUpdate, EndOfStream, FrameDetections, FrameEmbeddings
 from stream.sockets import Inbox
 
 SEARCH_LABEL = "search"  # det_label of a searched window (its origin is "proposal": kept only when seen)
+SNAP_NMS = 0.7  # snapped windows overlapping this much hold one object (the search's own NMS over classes)
 SEARCH_SCORE = 0.0       # below every tracker threshold: a window starts no track (ByteTrack may match it to a
 #                          live one, hence no window over a detector or motion box: Search.windows)
 
@@ -24,11 +26,13 @@ class Search:
     """The class search of one embed worker: the classes (the memory file's, then each ClassUpdate's), what
     their boxes look like in the dense map, and the windows it adds to each frame."""
 
-    def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0):
+    def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0,
+                 snap: bool = False):
         if not hasattr(network, "feature_map"):
             raise ConfigError(f"embed.search needs an embedder with a dense feature map (efficientnet_lite0), "
                               f"not {type(network).__name__}")
         self.network, self.gate, self.finder, self.scale, self.refine = network, gate, finder, scale, refine
+        self.snap = snap
 
     def update(self, update: ClassUpdate, dim: int) -> str | None:
         """Applies a class snapshot; returns why it cannot be used, or None."""
@@ -47,6 +51,9 @@ class Search:
         index, _ = self.gate.classify(normalize(x)) if len(x) else (np.zeros(0, np.int64), None)
         self.finder.learn(dense, msg.xyxy, [self.gate.names[i] if i >= 0 else None for i in index])
         found = self.finder.propose(dense)
+        if self.snap and len(found):  # to the object each holds; two windows on one object become one (best first)
+            found = snap(msg.image, found)
+            found = found[np.sort(agnostic_nms(found, -np.arange(len(found)), SNAP_NMS))]
         # A box of the frame that is seen as a class, or a detector or motion box (a tracked object: ByteTrack
         # would give a window over it that track, and the gate keeps a settled track's box even unseen), is
         # where the search has nothing to add; only an unseen low-score guess may be bettered.
@@ -93,7 +100,7 @@ def build_search(stage: StageProcess, model: Embedder) -> tuple[Search | None, I
     # another runtime (models/compiled.py) wraps the torch model it was exported from: the map comes from that
     network = model if hasattr(model, "feature_map") else getattr(model, "model", model)
     search = Search(network, load_memory(g.memory, g.set_size, g.radius_pool),
-                    ClassSearch(s.search_per_class, s.search_limit), s.search_scale, s.search_refine)
+                    ClassSearch(s.search_per_class, s.search_limit), s.search_scale, s.search_refine, s.search_snap)
     return search, Inbox(stage.socket("classes"), "embed/classes", (ClassUpdate,))
 
 
