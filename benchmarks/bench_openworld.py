@@ -300,7 +300,7 @@ def main() -> int:
     finder = ClassSearch(e.search_per_class, e.search_limit, accept="none" if knn else args.accept,
                          member_q=args.member_q)
     search = None if srun is None else Search(embedder, srun.gate, finder, e.search_scale, e.search_refine,
-                                              Reference(k=args.k) if knn else None, args.negatives,
+                                              e.search_snap, Reference(k=args.k) if knn else None, args.negatives,
                                               tuple(args.member_origins.split(",")) if args.member_origins else None,
                                               args.learn_proposed)
     learnt = Counter()  # (phase, what) -> background windows learnt, those on an object; vouched on background

@@ -98,6 +98,7 @@ class EmbedSettings:
     search_scale: float = field(default=1.0, metadata=between(0.25, 4))  # frame scale for that pass
     search_refine: int = field(default=0, metadata=between(0, 4))  # rounds moving each window near a class (within
     #                                                   1.25 radii) towards its centroid: 8 more crops per window a round
+    search_snap: bool = True  # each window snapped to the object inside it (GrabCut, models/snap.py) before it is embedded
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ import numpy as np
 from models.boxes import crop
 from models.compiled import build_embedder
 from models.detections import Embedder
-from models.proposals import PROPOSAL, box_iou
+from models.proposals import PROPOSAL, agnostic_nms, box_iou
 from models.sddc import Gate, gate_of_snapshot, load_memory, normalize
 from models.reference import Reference, hard_negatives
 from models.search import VOUCHED, ClassSearch, dense_map, refine
+from models.snap import snap
 from stages.config import ConfigError
 from stages.process import StageProcess, limit_threads
 from stream.messages import ClassUpdate, EndOfStream, FrameDetections, FrameEmbeddings
@@ -18,6 +19,7 @@ from stream.sockets import Inbox
 
 SEARCH_LABEL = "search"  # det_label of a searched window (its origin is "proposal": kept only when seen);
 #                          VOUCHED + class when the map vouches for it (models/search.py: the gate's `vouch`)
+SNAP_NMS = 0.7  # snapped windows overlapping this much hold one object (the search's own NMS over classes)
 SEARCH_SCORE = 0.0       # below every tracker threshold: a window starts no track (ByteTrack may match it to a
 #                          live one, hence no window over a detector or motion box: Search.windows)
 
@@ -27,12 +29,13 @@ class Search:
     their boxes look like in the dense map, and the windows it adds to each frame."""
 
     def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0,
-                 reference: Reference | None = None, negatives: int = 4, member_origins: tuple[str, ...] | None = None,
+                 snap: bool = False, reference: Reference | None = None, negatives: int = 4, member_origins: tuple[str, ...] | None = None,
                  learn_proposed: bool = False):
         if not hasattr(network, "feature_map"):
             raise ConfigError(f"embed.search needs an embedder with a dense feature map (efficientnet_lite0), "
                               f"not {type(network).__name__}")
         self.network, self.gate, self.finder, self.scale, self.refine = network, gate, finder, scale, refine
+        self.snap = snap
         # with a reference, a window's crop is vouched for by kNN (models/reference.py), not by the map
         self.reference, self.negatives, self.member_origins = reference, negatives, member_origins
         # learn_proposed: background may be learnt on the frame's proposed windows too, unless vouched for
@@ -66,6 +69,10 @@ class Search:
         names = [self.gate.names[i] if i >= 0 else None for i in index]
         self.finder.learn(dense, msg.xyxy, names)
         found, classes, vouched = self.finder.candidates(dense)
+        if self.snap and len(found):  # to the object each holds; two windows on one object become one (best first)
+            found = snap(msg.image, found)
+            keep = np.sort(agnostic_nms(found, -np.arange(len(found)), SNAP_NMS))
+            found, classes, vouched = found[keep], [classes[i] for i in keep], vouched[keep]
         negatives = none
         if self.reference is not None:
             # members: boxes seen as a class, of the origins the reference learns from (None: every origin)
@@ -143,7 +150,7 @@ def build_search(stage: StageProcess, model: Embedder) -> tuple[Search | None, I
     # the map ranks the windows; their crops' kNN vouches for them (models/reference.py)
     search = Search(network, load_memory(g.memory, g.set_size, g.radius_pool),
                     ClassSearch(s.search_per_class, s.search_limit, accept="none"), s.search_scale, s.search_refine,
-                    Reference())
+                    s.search_snap, Reference())
     return search, Inbox(stage.socket("classes"), "embed/classes", (ClassUpdate,))
 
 
