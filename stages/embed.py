@@ -29,8 +29,8 @@ class Search:
     their boxes look like in the dense map, and the windows it adds to each frame."""
 
     def __init__(self, network, gate: Gate, finder: ClassSearch, scale: float = 1.0, refine: int = 0,
-                 snap: bool = False, reference: Reference | None = None, negatives: int = 4, member_origins: tuple[str, ...] | None = None,
-                 learn_proposed: bool = False):
+                 snap: bool = False, reference: Reference | None = None, negatives: int = 4,
+                 member_origins: tuple[str, ...] | None = None, learn_proposed: bool = False):
         if not hasattr(network, "feature_map"):
             raise ConfigError(f"embed.search needs an embedder with a dense feature map (efficientnet_lite0), "
                               f"not {type(network).__name__}")
