@@ -244,16 +244,17 @@ MIN_REACH = 4  # prototypes a class needs before its map reach vouches for a win
 
 
 def vouch(centroids: np.ndarray, space_x: np.ndarray, det_labels: tuple[str, ...], names: list[str],
-          index: np.ndarray, origins: tuple[str, ...] = ()) -> np.ndarray:
+          index: np.ndarray, origins: tuple[str, ...] | None = None) -> np.ndarray:
     """The gate's side of the search's acceptance: a window the map vouched for as class c (det_label
     `VOUCHED` + c) and left unseen by the radius is seen as c when its crop embedding's nearest class is c
     too: two views of the window (the frame's map, its own crop) agree on the class. Every other box keeps
     the gate's index (the paper's α-radius). space_x: (N, D) the boxes in the gate's space; index (N,).
     det_labels come over the wire: a forged one can at most name the class the crop is nearest anyway, and
-    with `origins` only a window (origin proposal, as the embed stage sends it) is considered."""
+    with `origins` (a message's; () means every box is the detector's) only a window (origin proposal, as the
+    embed stage sends it) is considered; None: every row is a window (benchmarks, tests)."""
     index = np.asarray(index).copy()
     rows = [i for i, lab in enumerate(det_labels) if lab.startswith(VOUCHED) and index[i] < 0
-            and (not origins or origins[i] == PROPOSAL)]
+            and (origins is None or (len(origins) > i and origins[i] == PROPOSAL))]
     if not rows or len(centroids) == 0:
         return index
     nearest = np.linalg.norm(space_x[rows][:, None] - centroids[None], axis=2).argmin(axis=1)

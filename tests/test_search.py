@@ -256,6 +256,11 @@ def test_a_forged_vouch_from_the_wire_cannot_name_a_class_the_box_is_not_nearest
     assert "B" not in list(labeled.labels) and "A" not in list(labeled.labels)
     forged = FrameEmbeddings(msg.frame, msg.xyxy, msg.scores, (VOUCHED + "A",) * 4, x, origins=("proposal",) * 4)
     assert list(label(gate, forged)[0].labels).count("A") == 3  # what the same label on windows nearest A does
+    # origins () mean every box is the detector's (the messages' convention): no window, nothing vouched
+    from models.search import vouch
+    unseen = gate.classify(x)[0]
+    kept = vouch(gate.centroids, gate.space(x), (VOUCHED + "A",) * 4, gate.names, unseen, ())
+    assert kept.tolist() == unseen.tolist()
 
 
 def test_the_lda_model_separates_a_class_from_background_that_the_centroid_cosine_confuses():
